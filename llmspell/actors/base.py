@@ -1,0 +1,272 @@
+"""ActorBase: the async Ray actor shell every llmspell actor is built on.
+
+A subclass implements `handle(msg)` (and, if it keeps state, `snapshot()` / `restore()`);
+`Runtime.spawn` turns it into a named Ray actor. The shell owns the rest:
+
+- `deliver(frames)` (a batch of tells) and `ask(frame)` (one request, resolves to the reply
+  frame) are the only ways in. Frames are decoded at this trust boundary; a bad one is refused
+  with a clear error and counted, and never disturbs the messages queued behind it.
+- A mailbox orders, bounds and deduplicates; `concurrency` consumer tasks handle one message
+  each at a time. A handler that raises fails that message (an asker gets RemoteError with the
+  type and message), never the actor.
+- Lifecycle: on_start, on_stop, on_restart (after Ray restarted a crashed actor, once its last
+  snapshot has been restored). Each transition is an event.
+- Snapshots go to the state store, so state outlives the process that held it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from typing import Any
+
+import ray
+
+from llmspell.runtime.errors import CodecError, MailboxClosed, MailboxError
+from llmspell.runtime.events import Event
+from llmspell.runtime.logs import get_logger
+from llmspell.runtime.mailbox import Mailbox
+from llmspell.runtime.messages import Envelope, Kind, decode, encode
+from llmspell.runtime.node import ERROR_TYPE, ActorConfig, Node, error_payload
+from llmspell.runtime.state_client import StateClient
+
+SNAPSHOT_KEY = "__snapshot__"
+STOP = "system.stop"
+
+
+class ActorBase:
+    """Base class of llmspell actors. Subclasses override `handle` and the lifecycle hooks."""
+
+    def __init__(self, config: ActorConfig, args: tuple[Any, ...] = (),
+                 kwargs: dict[str, Any] | None = None) -> None:
+        self.config = config
+        self.address = config.address
+        self.job_id = config.job_id
+        self.settings = config.settings
+        self.node = Node(config.settings, identity=config.address, job_id=config.job_id)
+        self.state = StateClient(self.node, job_id=config.job_id)
+        self.log = get_logger(actor=self.address, job_id=self.job_id)
+        self.bad_frames = 0
+        self.handled = 0
+        self.mailbox = self._make_mailbox()
+        self._started: asyncio.Future[None] | None = None
+        self._consumers: list[asyncio.Task[None]] = []
+        self._since_snapshot = 0
+        self._stopping = False
+        self.setup(*args, **(kwargs or {}))
+
+    def _make_mailbox(self) -> Mailbox:
+        s = self.settings
+        return Mailbox(
+            self.address,
+            capacity=int(self.config.extra.get("mailbox_capacity", s.mailbox_capacity)),
+            overflow=self.config.extra.get("mailbox_overflow", s.mailbox_overflow),
+            gap_timeout=s.gap_timeout_s,
+            dedupe_window=s.dedupe_window,
+            on_dead_letter=self._dead_letter,
+            on_gap=self._gap,
+        )
+
+    # -- to override --------------------------------------------------------------------------
+
+    def setup(self, *args: Any, **kwargs: Any) -> None:
+        """Take the arguments given to `Runtime.spawn` (runs in the actor's constructor)."""
+
+    async def handle(self, msg: Envelope) -> Any:
+        """Handle one message; the return value is the reply to an ask."""
+        raise NotImplementedError(f"{type(self).__name__} does not handle {msg.type!r}")
+
+    async def on_event(self, event: Event) -> None:
+        """Handle an event from a subscription made with `Runtime.subscribe_actor`."""
+
+    async def on_start(self) -> None:
+        """Called once before the first message of a fresh actor."""
+
+    async def on_restart(self) -> None:
+        """Called instead of on_start after Ray restarted this actor and its snapshot is back."""
+
+    async def on_stop(self) -> None:
+        """Called when the actor is stopped gracefully, after its mailbox closed."""
+
+    def snapshot(self) -> Any:
+        """State to carry across a restart (plain data); None keeps nothing."""
+        return None
+
+    def restore(self, snapshot: Any) -> None:
+        """Take back what `snapshot()` returned before the restart."""
+
+    # -- helpers for subclasses ---------------------------------------------------------------
+
+    async def publish(self, topic: str, payload: Any = None) -> None:
+        await self.node.publish(topic, payload)
+
+    async def checkpoint(self) -> None:
+        """Save a snapshot now (user state and stream positions)."""
+        await self.state.set(self._snapshot_key(), {
+            "user": self.snapshot(),
+            "streams": self.mailbox.positions(),
+        })
+        self._since_snapshot = 0
+
+    def _snapshot_key(self) -> str:
+        return f"agent:{self.address}:{SNAPSHOT_KEY}"
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    async def _ensure_started(self) -> None:
+        if self._started is None:
+            self._started = asyncio.get_running_loop().create_future()
+            try:
+                await self._start()
+                self._started.set_result(None)
+            except BaseException as exc:
+                self._started.set_exception(exc)
+                raise
+        elif not self._started.done():
+            await asyncio.shield(self._started)
+
+    async def _start(self) -> None:
+        restarted = ray.get_runtime_context().was_current_actor_reconstructed
+        if restarted:
+            saved = await self.state.get(self._snapshot_key())
+            if isinstance(saved, dict):
+                self.mailbox.restore_positions(saved.get("streams") or {})
+                self.restore(saved.get("user"))
+            await self.on_restart()
+            await self.publish("actor.restarted", {"pid": os.getpid()})
+        else:
+            await self.on_start()
+            await self.publish("actor.started", {"pid": os.getpid()})
+        loop = asyncio.get_running_loop()
+        self._consumers = [
+            loop.create_task(self._consume(), name=f"{self.address}:consumer{i}")
+            for i in range(max(1, self.config.concurrency))
+        ]
+
+    async def _consume(self) -> None:
+        while True:
+            try:
+                env, reply = await self.mailbox.get()
+            except MailboxClosed:
+                return
+            await self._handle_one(env, reply)
+
+    async def _handle_one(self, env: Envelope, reply: asyncio.Future[Any] | None) -> None:
+        try:
+            if env.type == "event" and env.kind == Kind.TELL:
+                await self.on_event(Event.from_wire(env.payload))
+                result = None
+            else:
+                result = await self.handle(env)
+        except Exception as exc:  # a handler's failure fails its message, not the actor
+            if reply is not None and not reply.done():
+                reply.set_exception(exc)
+            else:
+                self.log.warning("tell failed", type=env.type, error=repr(exc))
+            await self.publish("actor.message.failed", {
+                "type": env.type, "id": env.id, "error_type": type(exc).__name__,
+                "error": str(exc)[:1000],
+            })
+        else:
+            if reply is not None and not reply.done():
+                reply.set_result(result)
+            self.node.publish_nowait("actor.message.handled", {"type": env.type, "seq": env.seq})
+        self.handled += 1
+        if self.config.snapshot_every:
+            self._since_snapshot += 1
+            if self._since_snapshot >= self.config.snapshot_every:
+                await self.checkpoint()
+
+    def _dead_letter(self, env: Envelope, reason: str) -> None:
+        self.node.publish_nowait("deadletter", {
+            "recipient": self.address, "sender": env.sender, "type": env.type, "id": env.id,
+            "reason": reason,
+        })
+
+    def _gap(self, stream: str, first: int, last: int) -> None:
+        self.log.warning("sequence gap skipped", stream=stream, first=first, last=last)
+        self.node.publish_nowait("mailbox.gap", {
+            "recipient": self.address, "stream": stream, "first": first, "last": last,
+        })
+
+    # -- the Ray-facing methods ---------------------------------------------------------------
+
+    async def deliver(self, frames: list[bytes]) -> dict[str, Any]:
+        """Take a batch of tells. Returns how many were accepted and the errors of the rest."""
+        await self._ensure_started()
+        accepted, errors = 0, []
+        for index, frame in enumerate(frames):
+            try:
+                env = decode(frame, max_bytes=self.settings.max_frame_bytes)
+                if await self.mailbox.put(env):
+                    accepted += 1
+            except (CodecError, MailboxError) as exc:
+                errors.append({"index": index, "error_type": type(exc).__name__,
+                               "error": str(exc)})
+                if isinstance(exc, CodecError):
+                    self._refuse_frame(exc)
+        return {"accepted": accepted, "errors": errors}
+
+    async def ask(self, frame: bytes) -> bytes:
+        """Take one request; resolves to the reply frame (an error frame if it failed)."""
+        await self._ensure_started()
+        try:
+            env = decode(frame, max_bytes=self.settings.max_frame_bytes)
+        except CodecError as exc:
+            self._refuse_frame(exc)
+            return self._error_frame(Envelope(type="?", kind=Kind.ASK, recipient=self.address),
+                                     exc)
+        reply: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        try:
+            await self.mailbox.put(env, reply)
+            result = await reply
+        except Exception as exc:
+            return self._error_frame(env, exc)
+        try:
+            return encode(env.reply(result), max_bytes=self.settings.max_frame_bytes)
+        except CodecError as exc:
+            return self._error_frame(env, exc)
+
+    def _error_frame(self, env: Envelope, exc: BaseException) -> bytes:
+        return encode(env.reply(error_payload(exc), type=ERROR_TYPE))
+
+    def _refuse_frame(self, exc: CodecError) -> None:
+        self.bad_frames += 1
+        self.log.warning("frame refused", reason=exc.reason, error=str(exc))
+        self.node.publish_nowait("deadletter", {
+            "recipient": self.address, "reason": f"bad frame: {exc}", "code": exc.reason,
+        })
+
+    async def ping(self) -> dict[str, Any]:
+        await self._ensure_started()
+        stats = self.mailbox.stats
+        return {
+            "address": self.address, "job_id": self.job_id, "pid": os.getpid(),
+            "handled": self.handled, "queued": len(self.mailbox), "bad_frames": self.bad_frames,
+            "mailbox": {
+                "accepted": stats.accepted, "rejected": stats.rejected,
+                "duplicates": stats.duplicates, "dead_letters": stats.dead_letters,
+                "gaps": stats.gaps, "delivered": stats.delivered,
+            },
+        }
+
+    async def stop(self, reason: str = "stopped") -> int:
+        """Stop gracefully: refuse new messages, finish the current ones, save a snapshot,
+        call on_stop. Messages still queued become dead letters. Returns how many."""
+        if self._stopping:
+            return 0
+        self._stopping = True
+        await self._ensure_started()
+        dropped = self.mailbox.close(reason)
+        await asyncio.gather(*self._consumers, return_exceptions=True)
+        try:
+            await self.checkpoint()
+            await self.on_stop()
+        finally:
+            await self.publish("actor.stopped", {"reason": reason, "dead_letters": dropped})
+            await self.node.close()
+        return dropped
+
+    async def flush(self) -> None:
+        """Wait until this actor's outgoing tells and events have left the process."""
+        await self.node.flush()

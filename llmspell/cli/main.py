@@ -1,0 +1,28 @@
+"""The `llmspell` command line."""
+
+from __future__ import annotations
+
+import typer
+
+import llmspell
+
+app = typer.Typer(name="llmspell", help="An actor-model multi-agent runtime on Ray.",
+                  no_args_is_help=True, add_completion=False)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"llmspell {llmspell.__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                 help="Print the version and exit."),
+) -> None:
+    """llmspell: run multi-agent jobs on an embedded Ray or a cluster."""
+
+
+def main() -> None:
+    app()

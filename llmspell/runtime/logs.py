@@ -1,0 +1,51 @@
+"""Structured logging, configured once per process and bound to job and actor ids."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from typing import Any
+
+import structlog
+
+_configured = False
+
+
+def configure_logging(*, json: bool | None = None, level: str | None = None) -> None:
+    """Configure structlog once for this process (later calls are no-ops).
+
+    JSON lines when `json` is true (the default when stderr is not a terminal, or with
+    LLMSPELL_LOG_JSON=1); a readable console format otherwise. Logs go to stderr.
+    """
+    global _configured
+    if _configured:
+        return
+    _configured = True
+    if json is None:
+        env = os.environ.get("LLMSPELL_LOG_JSON")
+        json = env == "1" if env is not None else not sys.stderr.isatty()
+    level_name = (level or os.environ.get("LLMSPELL_LOG_LEVEL", "WARNING")).upper()
+    renderer: Any = (
+        structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer(colors=False)
+    )
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(
+            logging.getLevelNamesMapping().get(level_name, logging.WARNING)
+        ),
+        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        cache_logger_on_first_use=True,
+    )
+
+
+def get_logger(**bound: Any) -> Any:
+    """A logger bound to the given ids (job_id, actor, ...)."""
+    configure_logging()
+    return structlog.get_logger("llmspell").bind(**bound)

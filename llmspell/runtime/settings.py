@@ -1,0 +1,29 @@
+"""Runtime settings: typed, with defaults, overridable from LLMSPELL_* environment variables."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class RuntimeSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="LLMSPELL_", extra="ignore")
+
+    namespace: str = "llmspell"
+    # Ray rewrites 127.0.0.1 to the machine's public address; another loopback address keeps an
+    # embedded runtime on the loopback interface.
+    local_node_ip: str = "127.0.0.2"
+    num_cpus: int | None = None
+    max_frame_bytes: int = 4 * 1024 * 1024
+    mailbox_capacity: int = 10_000
+    mailbox_overflow: Literal["block", "reject"] = "block"
+    gap_timeout_s: float = 2.0
+    dedupe_window: int = 10_000
+    ask_timeout_s: float = 60.0
+    # Tells and events to another process are batched: flushed at this many items or this age.
+    batch_max_items: int = 200
+    batch_max_delay_s: float = 0.002
+    event_log_path: str | None = None  # None: an in-memory SQLite log owned by the event hub
+    state_path: str | None = None  # None: in-memory state
+    log_json: bool | None = None

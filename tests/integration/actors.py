@@ -1,0 +1,84 @@
+"""Actors used by the integration tests (importable by Ray's worker processes)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from typing import Any
+
+from llmspell import ActorBase, Envelope, Event
+
+
+class Recorder(ActorBase):
+    """Records what it handles: (stream sender, payload) in handling order."""
+
+    def setup(self, delay: float = 0.0) -> None:
+        self.seen: list[Any] = []
+        self.events: list[dict[str, Any]] = []
+        self.delay = delay
+
+    async def handle(self, msg: Envelope) -> Any:
+        if msg.type == "dump":
+            return self.seen
+        if msg.type == "events":
+            return self.events
+        if msg.type == "fail":
+            raise KeyError(f"no such thing: {msg.payload}")
+        if msg.type == "sleep":
+            await asyncio.sleep(float(msg.payload))
+            return "slept"
+        if msg.type == "pid":
+            return os.getpid()
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        self.seen.append([msg.sender, msg.payload])
+        return len(self.seen)
+
+    async def on_event(self, event: Event) -> None:
+        self.events.append(event.to_dict())
+
+
+class Sender(ActorBase):
+    """Sends `count` numbered tells to a target, then answers how many it sent."""
+
+    async def handle(self, msg: Envelope) -> Any:
+        if msg.type == "send":
+            target, count = msg.payload["target"], msg.payload["count"]
+            for i in range(count):
+                await self.node.tell(target, "item", i)
+                if i % 97 == 0:
+                    await asyncio.sleep(0)  # interleave with the other senders
+            await self.node.flush()
+            return count
+        if msg.type == "ask_peer":
+            return await self.node.ask(msg.payload["target"], msg.payload["type"],
+                                       msg.payload.get("payload"))
+        raise ValueError(msg.type)
+
+
+class Counter(ActorBase):
+    """Keeps a count in its snapshot, checkpointed after every change."""
+
+    def setup(self) -> None:
+        self.count = 0
+        self.restarts = 0
+
+    async def handle(self, msg: Envelope) -> Any:
+        if msg.type == "add":
+            self.count += int(msg.payload)
+            await self.checkpoint()
+            return self.count
+        if msg.type == "get":
+            return {"count": self.count, "restarts": self.restarts, "pid": os.getpid()}
+        raise ValueError(msg.type)
+
+    async def on_restart(self) -> None:
+        self.restarts += 1
+
+    def snapshot(self) -> Any:
+        return {"count": self.count, "restarts": self.restarts}
+
+    def restore(self, snapshot: Any) -> None:
+        if snapshot:
+            self.count = snapshot["count"]
+            self.restarts = snapshot["restarts"]
