@@ -3,7 +3,8 @@
 A Ray call costs about a millisecond; a msgpack'd item a microsecond. So tells and events to
 another process are collected and sent many per call: a batch leaves when it holds `max_items`
 or its oldest item is `max_delay` seconds old, whichever comes first. One batch is in flight at
-a time, which keeps a publisher's items in order. The pending buffer is bounded: past
+a time, which keeps a publisher's items in order; what piles up meanwhile leaves in the next
+call (up to `max_batch` items). The pending buffer is bounded: past
 `max_pending`, `wait_room()` makes producers wait for the sender to catch up.
 """
 
@@ -31,12 +32,14 @@ class Batcher(Generic[T]):
         max_items: int = 200,
         max_delay: float = 0.002,
         max_pending: int = 50_000,
+        max_batch: int | None = None,
         on_error: Callable[[BaseException, int], None] | None = None,
     ) -> None:
         self.name = name
         self.max_items = max_items
         self.max_delay = max_delay
         self.max_pending = max_pending
+        self.max_batch = max_batch or max_items * 10
         self.sent_batches = 0
         self.sent_items = 0
         self.failed_items = 0
@@ -49,6 +52,8 @@ class Batcher(Generic[T]):
         self._idle = asyncio.Event()
         self._idle.set()
         self._closed = False
+        self._flushing = False
+        self._oldest = 0.0
         self._task: asyncio.Task[None] | None = None
 
     def __len__(self) -> int:
@@ -62,24 +67,29 @@ class Batcher(Generic[T]):
         """Queue an item; never waits. Producers that can wait call `wait_room()` after."""
         if self._closed:
             raise RuntimeError(f"batcher {self.name!r} is closed")
-        self._pending.append(item)
-        self._idle.clear()
-        if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(
-                self._run(), name=f"batcher:{self.name}"
-            )
-        if len(self._pending) == 1 or len(self._pending) >= self.max_items:
+        pending = self._pending
+        if not pending:
+            self._oldest = asyncio.get_running_loop().time()
+            self._idle.clear()
+            if self._task is None:
+                self._task = asyncio.get_running_loop().create_task(
+                    self._run(), name=f"batcher:{self.name}"
+                )
             self._wakeup.set()
-        if len(self._pending) >= self.max_pending:
-            self._room.clear()
+        pending.append(item)
+        if len(pending) >= self.max_items:
+            self._wakeup.set()
+            if len(pending) >= self.max_pending:
+                self._room.clear()
 
     async def wait_room(self) -> None:
         if not self._room.is_set():
             await self._room.wait()
 
     async def flush(self) -> None:
-        """Wait until everything added so far has been sent (or has failed)."""
+        """Send what is pending now, and wait until everything added so far has been sent."""
         if self._pending:
+            self._flushing = True
             self._wakeup.set()
         await self._idle.wait()
 
@@ -96,19 +106,29 @@ class Batcher(Generic[T]):
             self._task = None
 
     async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
         while True:
-            await self._wakeup.wait()
-            self._wakeup.clear()
-            if len(self._pending) < self.max_items and self.max_delay > 0:
-                # Give the batch a moment to fill, unless it is already full.
-                await asyncio.sleep(self.max_delay)
-            while self._pending:
-                batch = self._pending[: self.max_items]
-                del self._pending[: self.max_items]
-                if len(self._pending) < self.max_pending:
-                    self._room.set()
-                await self._send_one(batch)
-            self._idle.set()
+            if not self._pending:
+                self._flushing = False
+                self._idle.set()
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            # A batch leaves when it is full, when its oldest item is max_delay old, or when
+            # someone flushes; until then more items may join it.
+            wait = self._oldest + self.max_delay - loop.time()
+            if len(self._pending) < self.max_items and wait > 0 and not self._flushing:
+                self._wakeup.clear()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(wait):
+                        await self._wakeup.wait()
+                continue
+            batch = self._pending[: self.max_batch]
+            del self._pending[: self.max_batch]
+            self._oldest = loop.time()
+            if len(self._pending) < self.max_pending:
+                self._room.set()
+            await self._send_one(batch)
 
     async def _send_one(self, batch: list[T]) -> None:
         try:

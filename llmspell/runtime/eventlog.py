@@ -19,8 +19,6 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
-import msgpack
-
 from llmspell.runtime.events import Event, TopicPattern
 from llmspell.runtime.logs import get_logger
 
@@ -36,15 +34,6 @@ CREATE TABLE IF NOT EXISTS events (
 ) WITHOUT ROWID;
 """
 _STOP = object()
-
-
-def _pack(payload: Any) -> bytes:
-    try:
-        packed: bytes = msgpack.packb(payload, use_bin_type=True)
-    except (TypeError, ValueError, OverflowError) as exc:
-        # An event must never be lost for an odd payload: keep its text form instead.
-        packed = msgpack.packb({"unencodable": repr(payload)[:2000], "error": str(exc)})
-    return packed
 
 
 class EventLog:
@@ -100,7 +89,7 @@ class EventLog:
         return int(row[0] or 0)
 
     def accept(self, event: Event) -> None:
-        row = (event.job_id, event.seq, event.topic, event.sender, event.ts, _pack(event.payload))
+        row = (event.job_id, event.seq, event.topic, event.sender, event.ts, event.raw_payload())
         with self._lock:
             self._pending.append(row)
             if len(self._pending) < self.batch_size:
@@ -208,8 +197,7 @@ class EventLog:
             for seq, topic, sender, ts, payload in cursor:
                 if not matcher.matches(topic):
                     continue
-                yield Event(topic, msgpack.unpackb(payload, raw=False, strict_map_key=False),
-                            job_id=job_id, sender=sender, seq=seq, ts=ts)
+                yield Event(topic, job_id=job_id, sender=sender, seq=seq, ts=ts, raw=payload)
                 count += 1
                 if limit is not None and count >= limit:
                     return

@@ -23,10 +23,27 @@ from llmspell.runtime.errors import CodecError, PatternError
 _SEGMENT = re.compile(r"^[A-Za-z0-9_\-:<>@/]+$")
 
 
-class Event:
-    """One event. `seq` is its position in its job's log (0 until a sequencing bus sets it)."""
+_UNSET: Any = object()
+_BATCH_TAG = "llmspell.events/1"
 
-    __slots__ = ("job_id", "payload", "sender", "seq", "topic", "ts")
+
+def pack_payload(payload: Any) -> bytes:
+    """msgpack a payload. An event is never lost for an odd payload: its text form is kept."""
+    try:
+        packed: bytes = msgpack.packb(payload, use_bin_type=True)
+    except (TypeError, ValueError, OverflowError) as exc:
+        packed = msgpack.packb({"unencodable": repr(payload)[:2000], "error": str(exc)})
+    return packed
+
+
+class Event:
+    """One event. `seq` is its position in its job's log (0 until a sequencing bus sets it).
+
+    Between processes the payload travels as msgpack bytes and is decoded only when read, so
+    the hub can number, log and forward events without ever decoding their payloads.
+    """
+
+    __slots__ = ("_payload", "_raw", "job_id", "sender", "seq", "topic", "ts")
 
     def __init__(
         self,
@@ -37,9 +54,11 @@ class Event:
         sender: str = "",
         seq: int = 0,
         ts: float | None = None,
+        raw: bytes | None = None,
     ) -> None:
         self.topic = topic
-        self.payload = payload
+        self._payload = payload if raw is None else _UNSET
+        self._raw = raw
         self.job_id = job_id
         self.sender = sender
         self.seq = seq
@@ -56,6 +75,26 @@ class Event:
 
     __hash__ = None  # type: ignore[assignment]
 
+    @property
+    def payload(self) -> Any:
+        if self._payload is _UNSET:
+            try:
+                self._payload = msgpack.unpackb(self._raw, raw=False, strict_map_key=False)
+            except Exception as exc:  # msgpack raises several unrelated types for bad bytes
+                self._payload = {"undecodable": True, "error": str(exc)}
+        return self._payload
+
+    @payload.setter
+    def payload(self, value: Any) -> None:
+        self._payload = value
+        self._raw = None
+
+    def raw_payload(self) -> bytes:
+        """The payload as msgpack bytes (packed once, then kept)."""
+        if self._raw is None:
+            self._raw = pack_payload(self._payload)
+        return self._raw
+
     def to_wire(self) -> list[Any]:
         return [self.topic, self.job_id, self.sender, self.seq, self.ts, self.payload]
 
@@ -64,20 +103,20 @@ class Event:
                 "seq": self.seq, "ts": self.ts, "payload": self.payload}
 
     @classmethod
-    def from_wire(cls, item: Any) -> Event:
+    def from_wire(cls, item: Any, *, where: str = "event") -> Event:
         """Rebuild an event received from another process, checking its shape."""
         if not isinstance(item, list) or len(item) != 6:
-            raise CodecError("an event must be an array of 6 fields "
+            raise CodecError(f"{where}: must be an array of 6 fields "
                              "[topic, job_id, sender, seq, ts, payload]")
         topic, job_id, sender, seq, ts, payload = item
         if not isinstance(topic, str) or not topic:
-            raise CodecError(f"event field 'topic' must be a non-empty string, got {topic!r}")
+            raise CodecError(f"{where}: field 'topic' must be a non-empty string, got {topic!r}")
         if not isinstance(job_id, str) or not isinstance(sender, str):
-            raise CodecError(f"event {topic!r}: fields 'job_id' and 'sender' must be strings")
+            raise CodecError(f"{where} {topic!r}: fields 'job_id' and 'sender' must be strings")
         if type(seq) is not int or seq < 0:
-            raise CodecError(f"event {topic!r}: field 'seq' must be a non-negative int")
+            raise CodecError(f"{where} {topic!r}: field 'seq' must be a non-negative int")
         if not isinstance(ts, (int, float)):
-            raise CodecError(f"event {topic!r}: field 'ts' must be a number")
+            raise CodecError(f"{where} {topic!r}: field 'ts' must be a number")
         return cls(topic, payload, job_id=job_id, sender=sender, seq=seq, ts=float(ts))
 
 
@@ -89,19 +128,32 @@ def plain(payload: Any) -> Any:
 
 
 def pack_events(events: list[Event]) -> bytes:
-    packed: bytes = msgpack.packb([e.to_wire() for e in events], use_bin_type=True)
+    """A batch of events for another process; payloads stay msgpack bytes inside it."""
+    packed: bytes = msgpack.packb(
+        [_BATCH_TAG, [[e.topic, e.job_id, e.sender, e.seq, e.ts, e.raw_payload()]
+                      for e in events]],
+        use_bin_type=True,
+    )
     return packed
 
 
 def unpack_events(data: bytes) -> list[Event]:
     """Decode a batch of events from another process. Raises CodecError on a bad batch."""
     try:
-        items = msgpack.unpackb(data, raw=False, strict_map_key=False)
+        batch = msgpack.unpackb(data, raw=False, strict_map_key=False)
     except Exception as exc:  # msgpack raises several unrelated types for bad bytes
         raise CodecError(f"event batch is not valid msgpack: {exc}") from None
-    if not isinstance(items, list):
-        raise CodecError("an event batch must be an array of events")
-    return [Event.from_wire(item) for item in items]
+    if not (isinstance(batch, list) and len(batch) == 2 and batch[0] == _BATCH_TAG
+            and isinstance(batch[1], list)):
+        raise CodecError(f"an event batch must be [{_BATCH_TAG!r}, [events...]]")
+    events = []
+    for index, item in enumerate(batch[1]):
+        event = Event.from_wire(item, where=f"event {index} of the batch")
+        if not isinstance(event._payload, bytes) or event._raw is not None:
+            raise CodecError(f"event {index} of the batch: payload must be msgpack bytes")
+        event._raw, event._payload = event._payload, _UNSET
+        events.append(event)
+    return events
 
 
 # -- topics and patterns ----------------------------------------------------------------------

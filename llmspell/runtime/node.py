@@ -276,7 +276,7 @@ class Node:
                 self._send_events,
                 name=f"{self.identity}->hub",
                 max_items=self.settings.batch_max_items,
-                max_delay=self.settings.batch_max_delay_s,
+                max_delay=self.settings.event_batch_delay_s,
             )
         return self._hub_batcher
 

@@ -81,6 +81,10 @@ class ActorRef:
                     raise
                 await asyncio.sleep(0.1)
 
+    async def flush(self) -> None:
+        """Wait until the actor's outgoing tells and events have left its process."""
+        await self._handle().flush.remote()
+
     async def stop(self, reason: str = "stopped") -> int:
         dropped: int = await self._handle().stop.remote(reason)
         return dropped
@@ -356,9 +360,14 @@ class Runtime:
 
     async def replay(self, job_id: str | None = None, from_seq: int = 0, pattern: str = "**",
                      limit: int | None = None) -> list[Event]:
-        """A job's logged events in sequence order (flushes this driver's events first)."""
+        """A job's logged events in sequence order.
+
+        Events travel in batches: this driver's and the state service's are flushed first; an
+        actor's are in once `ActorRef.flush()` (or its stop) has returned.
+        """
         TopicPattern(pattern)
         await self.node.flush()
+        await self.node.handle(STATE_NAME).flush.remote()
         data = await self.node.handle(HUB_NAME).replay.remote(
             job_id or self.job_id, from_seq, pattern, limit
         )

@@ -24,6 +24,8 @@ class RuntimeSettings(BaseSettings):
     # Tells and events to another process are batched: flushed at this many items or this age.
     batch_max_items: int = 200
     batch_max_delay_s: float = 0.002
+    # Events tolerate more delay than tells, and each batch saved is a Ray call of CPU saved.
+    event_batch_delay_s: float = 0.05
     event_log_path: str | None = None  # None: an in-memory SQLite log owned by the event hub
     state_path: str | None = None  # None: in-memory state
     log_json: bool | None = None

@@ -126,6 +126,9 @@ class StateService:
 
         return await _tagged(fetch())
 
+    async def flush(self) -> None:
+        await self.node.flush()
+
     async def close(self) -> None:
         await self.node.flush()
         await self.store.close()

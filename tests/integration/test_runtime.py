@@ -105,6 +105,7 @@ async def test_state_survives_a_crash(runtime: Runtime, job_id: str) -> None:
     assert after["count"] == 6
     assert after["restarts"] == 1
     assert after["pid"] != before["pid"]
+    await counter.flush()
     restarted = await runtime.replay(job_id, pattern="actor.restarted")
     assert [e.sender for e in restarted] == [counter.address]
 
@@ -170,6 +171,7 @@ async def test_events_reach_driver_subscribers_and_the_log(runtime: Runtime, job
         assert topics[0] == "actor.started"
     finally:
         await sub.close()
+    await rec.flush()
     await runtime.publish("custom.note", {"n": 1}, job_id=job_id)
     log = await runtime.replay(job_id)
     assert [e.seq for e in log] == list(range(1, len(log) + 1))
