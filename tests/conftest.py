@@ -27,6 +27,10 @@ def runtime(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
 
 
 @pytest.fixture
-def job_id() -> str:
-    """A fresh job id per test, so tests never see each other's actors or events."""
-    return f"job-{new_id()[-12:]}"
+def job_id(request: pytest.FixtureRequest) -> Iterator[str]:
+    """A fresh job id per test, so tests never see each other's actors or events. Actors the
+    test spawned for it are killed afterwards (each is a process)."""
+    job = f"job-{new_id()[-12:]}"
+    yield job
+    if "runtime" in request.fixturenames:
+        request.getfixturevalue("runtime").kill_job(job)

@@ -86,7 +86,12 @@ class ActorRef:
         await self._handle().flush.remote()
 
     async def stop(self, reason: str = "stopped") -> int:
-        dropped: int = await self._handle().stop.remote(reason)
+        """Stop gracefully (see ActorBase.stop), then end the process and free the address.
+        Returns how many queued messages became dead letters."""
+        handle = self._handle()
+        dropped: int = await handle.stop.remote(reason)
+        ray.kill(handle, no_restart=True)
+        self.runtime.node.forget(self.address)
         return dropped
 
     def kill(self, *, restart: bool = True) -> None:
@@ -158,7 +163,8 @@ class Runtime:
         self.job_id = job_id
         self.identity = f"driver:{new_id()}"
         self.log = get_logger(actor=self.identity, job_id=job_id)
-        self._owns_ray = False
+        self._connected = False  # this runtime called ray.init (and so disconnects)
+        self._embedded = False  # ...and that started a local Ray, which dies with it
         self._started = False
         self._spawned: list[str] = []
         self._remote_classes: dict[type, Any] = {}
@@ -173,7 +179,8 @@ class Runtime:
             return self
         configure_logging(json=self.settings.log_json)
         if not ray.is_initialized():
-            self._owns_ray = True
+            self._connected = True
+            self._embedded = self.address is None
             options: dict[str, Any] = {
                 "namespace": self.settings.namespace,
                 "log_to_driver": os.environ.get("LLMSPELL_RAY_LOGS") == "1",
@@ -234,7 +241,7 @@ class Runtime:
         if not self._started:
             return
         self._started = False
-        if self._owns_ray:
+        if self._embedded:
             # The services flush their logs and databases before Ray takes them down.
             for name in (HUB_NAME, STATE_NAME):
                 try:
@@ -242,6 +249,7 @@ class Runtime:
                 except Exception as exc:  # shutting down anyway; say what may be lost
                     self.log.warning("service did not close cleanly", service=name,
                                      error=repr(exc))
+        if self._connected:
             ray.shutdown()
 
     def __enter__(self) -> Runtime:
@@ -302,6 +310,19 @@ class Runtime:
         self.node.adopt(address, handle)
         self._spawned.append(address)
         return ActorRef(self, address)
+
+    def kill_job(self, job_id: str) -> int:
+        """Kill at once every actor this runtime spawned for `job_id`. Returns how many."""
+        killed = 0
+        for address in [a for a in self._spawned if a.startswith(f"{job_id}/")]:
+            self._spawned.remove(address)
+            try:
+                ray.kill(self.node.handle(address), no_restart=True)
+                killed += 1
+            except (ActorNotFound, ValueError):
+                pass  # already gone
+            self.node.forget(address)
+        return killed
 
     def _remote_class(self, cls: type) -> Any:
         remote = self._remote_classes.get(cls)

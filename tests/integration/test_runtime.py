@@ -16,6 +16,7 @@ from llmspell import (
     ActorUnavailable,
     AskTimeout,
     CodecError,
+    LlmspellError,
     PatternError,
     RemoteError,
     Runtime,
@@ -255,3 +256,25 @@ def test_second_driver_finds_a_named_actor(runtime: Runtime, job_id: str) -> Non
     assert [item for _, item in rec.ask_sync("dump")] == [
         "from the first driver", "from the second driver",
     ]
+
+
+async def test_spawn_twice_at_one_address_is_refused(runtime: Runtime, job_id: str) -> None:
+    first = runtime.spawn(Recorder, "only", job_id=job_id)
+    await first.wait_ready()
+    with pytest.raises(LlmspellError, match="only"):
+        runtime.spawn(Recorder, "only", job_id=job_id)
+    await first.stop()
+    again = runtime.spawn(Recorder, "only", job_id=job_id)  # a stopped actor frees its address
+    assert await again.ask("item", 1) == 1
+
+
+def test_runtime_joins_a_running_ray_as_a_sync_context_manager(
+    runtime: Runtime, job_id: str
+) -> None:
+    with Runtime(job_id=job_id, namespace=runtime.settings.namespace) as rt:
+        rec = rt.spawn(Recorder, "sync")
+        assert rec.ask_sync("item", "x") == 1
+        rec.tell_sync("item", "y")
+        assert [item for _, item in rec.ask_sync("dump")] == ["x", "y"]
+    # Leaving did not stop the Ray it joined: the session runtime still works.
+    assert runtime.lookup(rec.address).ask_sync("item", "z") == 3
