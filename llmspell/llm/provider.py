@@ -1,0 +1,43 @@
+"""The Provider protocol: what every model backend implements."""
+
+from __future__ import annotations
+
+import email.utils
+import time
+from collections.abc import AsyncIterator, Mapping
+from typing import Protocol, runtime_checkable
+
+from llmspell.llm.types import Chunk, LLMRequest, Message, Response
+
+
+@runtime_checkable
+class Provider(Protocol):
+    """A model backend. `complete` and `stream` raise `LLMError`s, never SDK exceptions."""
+
+    name: str
+
+    async def complete(self, request: LLMRequest) -> Response: ...
+
+    def stream(self, request: LLMRequest) -> AsyncIterator[Chunk]: ...
+
+    def count_tokens(self, messages: list[Message], model: str) -> int: ...
+
+
+def parse_retry_after(headers: Mapping[str, str] | None) -> float | None:
+    """Seconds to wait from `retry-after-ms` or `retry-after` (seconds or an HTTP date)."""
+    if not headers:
+        return None
+    millis = headers.get("retry-after-ms")
+    if millis:
+        try:
+            return max(0.0, float(millis) / 1000)
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        parsed = email.utils.parsedate_to_datetime(value) if value else None
+        return None if parsed is None else max(0.0, parsed.timestamp() - time.time())

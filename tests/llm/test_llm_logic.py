@@ -1,0 +1,162 @@
+"""The provider layer's plain logic: limits, retries, prices, token counts, the registry."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from llmspell.llm.errors import LLMBadRequest, LLMServerError, RateLimited
+from llmspell.llm.pricing import Price, PriceTable
+from llmspell.llm.provider import parse_retry_after
+from llmspell.llm.ratelimit import Limits, RateLimiter, SlidingWindow
+from llmspell.llm.registry import ProviderRegistry, UnknownProvider, split_model
+from llmspell.llm.retry import RetryPolicy, with_retries
+from llmspell.llm.types import Chunk, LLMRequest, Message, Response, ToolCall, Usage
+
+
+def test_sliding_window_counts_requests_and_tokens() -> None:
+    window = SlidingWindow(Limits(requests_per_minute=3, tokens_per_minute=100, window=10))
+    assert window.try_acquire(1, 40, now=0.0) == 0.0
+    assert window.try_acquire(1, 40, now=1.0) == 0.0
+    wait = window.try_acquire(1, 40, now=2.0)  # 120 tokens > 100
+    assert wait == pytest.approx(8.0)
+    assert window.try_acquire(1, 20, now=2.0) == 0.0  # fits
+    assert window.try_acquire(1, 0, now=3.0) == pytest.approx(7.0)  # 4 requests > 3
+    assert window.try_acquire(1, 0, now=10.0) == 0.0  # the first grant expired
+
+
+def test_an_oversized_ask_is_granted_alone() -> None:
+    window = SlidingWindow(Limits(tokens_per_minute=100, window=10))
+    assert window.try_acquire(1, 500, now=0.0) == 0.0
+    assert window.try_acquire(1, 1, now=1.0) > 0
+
+
+async def test_rate_limiter_holds_its_limit_under_concurrency() -> None:
+    limiter = RateLimiter(Limits(requests_per_minute=5, window=0.5))
+    grants: list[float] = []
+
+    async def call() -> None:
+        await limiter.acquire()
+        grants.append(time.monotonic())
+
+    await asyncio.gather(*(call() for _ in range(15)))
+    grants.sort()
+    for i, t in enumerate(grants):
+        in_window = [g for g in grants[i:] if g < t + 0.5]
+        assert len(in_window) <= 5
+    assert grants[-1] - grants[0] >= 1.0  # 15 calls at 5 per 0.5 s take at least 1 s
+
+
+async def test_retries_only_retryable_errors() -> None:
+    calls = 0
+
+    async def flaky() -> str:
+        nonlocal calls
+        calls += 1
+        if calls < 3:
+            raise LLMServerError("p", "m", "boom", status=500)
+        return "ok"
+
+    policy = RetryPolicy(max_attempts=4, base_delay=0.01)
+    assert await with_retries(flaky, policy=policy) == "ok"
+    assert calls == 3
+
+    async def bad() -> str:
+        raise LLMBadRequest("p", "m", "no", status=400)
+
+    with pytest.raises(LLMBadRequest):
+        await with_retries(bad, policy=policy)
+
+
+async def test_retry_after_is_a_floor_and_attempts_are_bounded() -> None:
+    seen: list[float] = []
+
+    async def limited() -> str:
+        raise RateLimited("p", "m", "slow down", retry_after=0.2)
+
+    async def on_retry(error: object, attempt: int, wait: float) -> None:
+        seen.append(wait)
+
+    started = time.monotonic()
+    with pytest.raises(RateLimited):
+        await with_retries(limited, policy=RetryPolicy(max_attempts=3, base_delay=0.01),
+                           on_retry=on_retry)
+    assert len(seen) == 2 and all(w >= 0.2 for w in seen)
+    assert time.monotonic() - started >= 0.4
+
+
+async def test_deadline_stops_retrying() -> None:
+    async def limited() -> str:
+        raise RateLimited("p", "m", "slow down", retry_after=5)
+
+    started = time.monotonic()
+    with pytest.raises(RateLimited):
+        await with_retries(limited, policy=RetryPolicy(), deadline=time.monotonic() + 1)
+    assert time.monotonic() - started < 1
+
+
+def test_parse_retry_after() -> None:
+    assert parse_retry_after({"retry-after": "2"}) == 2.0
+    assert parse_retry_after({"retry-after-ms": "250"}) == 0.25
+    assert parse_retry_after({}) is None
+    assert parse_retry_after({"retry-after": "Wed, 21 Oct 2015 07:28:00 GMT"}) == 0.0
+
+
+def test_prices() -> None:
+    table = PriceTable({"x:model": Price(input=1.0, output=2.0, cached_input=0.5)})
+    usage = Usage(input_tokens=1_000_000, output_tokens=500_000, cached_tokens=200_000)
+    assert table.cost("x:model", usage) == pytest.approx(0.8 + 0.1 + 1.0)
+    assert table.cost("anthropic:claude-sonnet-4-20250514", Usage(output_tokens=1_000_000)) == 15
+    assert table.cost("nobody:knows", usage) is None
+
+
+def test_token_counts_work_offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from llmspell.llm import tokens
+
+    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(tmp_path))
+    tokens._load.cache_clear()
+    messages = [Message.user("The quick brown fox jumps over the lazy dog.")]
+    exact = tokens.count_tokens(messages, "gpt-4")  # cl100k_base, shipped in a package
+    assert tokens.is_exact("gpt-4") and exact == 10 + 4
+    assert not tokens.is_exact("gpt-4o")  # o200k_base is not on this machine: an estimate
+    assert tokens.count_tokens(messages, "gpt-4o") == 11 + 4
+    assert "o200k_base" in tokens._warned
+    assert tokens.count_tokens(messages, "claude-sonnet-4") == 11 + 4
+    tokens._load.cache_clear()
+
+
+def test_model_names_and_registry() -> None:
+    assert split_model("anthropic:claude-sonnet-4") == ("anthropic", "claude-sonnet-4")
+    with pytest.raises(ValueError, match="provider:model"):
+        split_model("gpt-4o")
+    registry = ProviderRegistry()
+    with pytest.raises(UnknownProvider, match="did you mean 'openai'"):
+        registry.get("opena")
+
+    class Mine:
+        name = "mine"
+
+        async def complete(self, request: LLMRequest) -> Response:
+            return Response(message=Message.assistant("mine"))
+
+        async def stream(self, request: LLMRequest) -> AsyncIterator[Chunk]:
+            yield Chunk(text="mine")
+
+        def count_tokens(self, messages: list[Message], model: str) -> int:
+            return 1
+
+    registry.register("mine", Mine())
+    provider, model = registry.resolve("mine:any")
+    assert provider.name == "mine" and model == "any"
+
+
+def test_messages() -> None:
+    call = ToolCall(id="c1", name="search", arguments={"q": "x"})
+    msg = Message.assistant("thinking aloud", [call])
+    assert msg.text == "thinking aloud" and msg.tool_calls == [call]
+    assert Message.model_validate(msg.model_dump()) == msg
+    assert (Usage(input_tokens=1, output_tokens=2) + Usage(cached_tokens=3)).total_tokens == 3
