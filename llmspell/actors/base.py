@@ -24,6 +24,7 @@ import ray
 
 from llmspell.runtime.errors import CodecError, MailboxClosed, MailboxError
 from llmspell.runtime.events import Event
+from llmspell.runtime.hooks import HookRegistry
 from llmspell.runtime.logs import get_logger
 from llmspell.runtime.mailbox import Mailbox
 from llmspell.runtime.messages import Envelope, Kind, decode, encode
@@ -44,7 +45,8 @@ class ActorBase:
         self.job_id = config.job_id
         self.settings = config.settings
         self.node = Node(config.settings, identity=config.address, job_id=config.job_id)
-        self.state = StateClient(self.node, job_id=config.job_id)
+        self.hooks = HookRegistry(emit=self.node.publish_nowait)
+        self.state = StateClient(self.node, job_id=config.job_id, hooks=self.hooks)
         self.log = get_logger(actor=self.address, job_id=self.job_id)
         self.bad_frames = 0
         self.handled = 0
@@ -105,7 +107,7 @@ class ActorBase:
         await self.state.set(self._snapshot_key(), {
             "user": self.snapshot(),
             "streams": self.mailbox.positions(),
-        })
+        }, run_hooks=False)  # the runtime's own bookkeeping is not a user's state write
         self._since_snapshot = 0
 
     def _snapshot_key(self) -> str:

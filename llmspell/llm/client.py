@@ -28,6 +28,8 @@ from llmspell.llm.ratelimit import Limits, RateLimiter, SharedRateLimiter, limit
 from llmspell.llm.registry import ProviderRegistry, default_registry, split_model
 from llmspell.llm.retry import RetryPolicy, with_retries
 from llmspell.llm.types import Chunk, LLMRequest, Message, Response, Usage
+from llmspell.runtime.errors import HookCancelled
+from llmspell.runtime.hooks import Cancel, HookContext, HookPoint, HookRegistry, Redirect
 
 Publish = Callable[[str, dict[str, Any]], Awaitable[None]]
 
@@ -80,11 +82,17 @@ class LLM:
         prices: PriceTable | None = None,
         publish: Publish | None = None,
         limiters: Limiters | None = None,
+        hooks: HookRegistry | None = None,
+        job_id: str | None = None,
+        caller: str | None = None,
     ) -> None:
         self.registry = registry or default_registry
         self.prices = prices or PriceTable()
         self.limiters = limiters or Limiters(self.registry)
         self._publish = publish
+        self.hooks = hooks or HookRegistry()
+        self.job_id = job_id
+        self.caller = caller
         self.usage: dict[str, Usage] = {}
         self.cost_usd = 0.0
         self.calls = 0
@@ -96,10 +104,27 @@ class LLM:
         """One answer. Options are LLMRequest fields (tools, output_schema, max_tokens...);
         `fallbacks` may be given here too."""
         config = _config(model, options.pop("fallbacks", None))
+        request = LLMRequest(model=config.model, messages=messages,
+                             timeout=options.pop("timeout", config.timeout), **options)
+
+        async def run_chain(req: LLMRequest, target: str | None) -> Response:
+            chosen = config if target in (None, config.model) else config.model_copy(
+                update={"model": target})
+            return await self._complete_chain(chosen, req)
+
+        # before_llm_call may Modify the request, Replace the answer (a cache hit), Cancel the
+        # call (a budget) or Redirect it to another model; after_llm_call sees the Response.
+        response: Response = await self.hooks.call(
+            HookPoint.before_llm_call, HookPoint.after_llm_call, request, run_chain,
+            target=config.model, job_id=self.job_id, actor=self.caller,
+        )
+        return response
+
+    async def _complete_chain(self, config: ModelConfig, base: LLMRequest) -> Response:
         deadline = None if config.deadline is None else time.monotonic() + config.deadline
         errors: list[LLMError] = []
         for index, name in enumerate(config.chain):
-            provider, request = self._prepare(name, messages, config, options)
+            provider, request = self._prepare(name, base)
             try:
                 return await with_retries(
                     functools.partial(self._attempt, provider, request, name, deadline),
@@ -120,10 +145,13 @@ class LLM:
         A failure before the first chunk is retried and may fall back; once output has been
         given, a failure raises (StreamInterrupted) rather than end a truncated answer."""
         config = _config(model, options.pop("fallbacks", None))
+        base = LLMRequest(model=config.model, messages=messages,
+                          timeout=options.pop("timeout", config.timeout), **options)
+        config, base = await self._before_stream(config, base)
         deadline = None if config.deadline is None else time.monotonic() + config.deadline
         errors: list[LLMError] = []
         for index, name in enumerate(config.chain):
-            provider, request = self._prepare(name, messages, config, options)
+            provider, request = self._prepare(name, base)
             policy = _policy(config)
             attempt = 1
             while True:
@@ -157,12 +185,24 @@ class LLM:
 
     # -- steps --------------------------------------------------------------------------------
 
-    def _prepare(self, name: str, messages: list[Message], config: ModelConfig,
-                 options: dict[str, Any]) -> tuple[Provider, LLMRequest]:
+    async def _before_stream(self, config: ModelConfig, request: LLMRequest
+                             ) -> tuple[ModelConfig, LLMRequest]:
+        """A stream honours the before hooks that make sense for it: Modify, Redirect, Cancel."""
+        if not self.hooks.has_hooks(HookPoint.before_llm_call):
+            return config, request
+        ctx = HookContext(HookPoint.before_llm_call, request, self.job_id, self.caller,
+                          config.model)
+        decision = await self.hooks.decide(HookPoint.before_llm_call, ctx)
+        if isinstance(decision.result, Cancel):
+            raise HookCancelled("before_llm_call", decision.result.reason, decision.hook or "?")
+        if isinstance(decision.result, Redirect):
+            config = config.model_copy(update={"model": decision.result.target})
+        payload = ctx.payload if isinstance(ctx.payload, LLMRequest) else request
+        return config, payload
+
+    def _prepare(self, name: str, request: LLMRequest) -> tuple[Provider, LLMRequest]:
         provider, model_name = self.registry.resolve(name)
-        request = LLMRequest(model=model_name, messages=messages,
-                             timeout=options.pop("timeout", config.timeout), **options)
-        return provider, request
+        return provider, request.model_copy(update={"model": model_name})
 
     async def _attempt(self, provider: Provider, request: LLMRequest, name: str,
                        deadline: float | None) -> Response:

@@ -13,6 +13,7 @@ from typing import Any
 from ray.exceptions import RayActorError
 
 from llmspell.runtime.errors import ActorUnavailable, StateError, VersionConflict
+from llmspell.runtime.hooks import HookPoint, HookRegistry
 from llmspell.runtime.node import STATE_NAME, Node
 from llmspell.runtime.state import ANY, StateChange, StateStore, Versioned
 
@@ -40,9 +41,11 @@ def _expected_local(expected: Any) -> Any:
 class StateClient:
     """The state API of DESIGN.md (scoped keys, versions, compare-and-set) over the service."""
 
-    def __init__(self, node: Node, *, job_id: str | None) -> None:
+    def __init__(self, node: Node, *, job_id: str | None, hooks: HookRegistry | None = None
+                 ) -> None:
         self._node = node
         self.job_id = job_id or None
+        self.hooks = hooks
 
     async def _call(self, method: str, *args: Any) -> Any:
         try:
@@ -58,7 +61,25 @@ class StateClient:
         found = await self._call("get_versioned", key, self.job_id)
         return None if found is None else Versioned(found[0], found[1])
 
-    async def set(self, key: str, value: Any, *, expected_version: Any = ANY) -> int:
+    async def set(self, key: str, value: Any, *, expected_version: Any = ANY,
+                  run_hooks: bool = True) -> int:
+        """Write a value; returns its new version. Runs the state_write hooks, which may
+        change the value (Modify), refuse the write (Cancel) or skip it (Replace)."""
+        if not run_hooks or self.hooks is None:
+            return await self._write(key, value, expected_version)
+
+        async def write(payload: dict[str, Any], target: str | None) -> int:
+            return await self._write(target or key, payload["value"],
+                                     payload.get("expected_version", expected_version))
+
+        version: int = await self.hooks.call(
+            HookPoint.before_state_write, HookPoint.after_state_write,
+            {"key": key, "value": value, "expected_version": expected_version}, write,
+            target=key, job_id=self.job_id, actor=self._node.identity,
+        )
+        return version
+
+    async def _write(self, key: str, value: Any, expected_version: Any) -> int:
         version: int = await self._call("set", key, value, self.job_id,
                                         _expected_wire(expected_version))
         return version

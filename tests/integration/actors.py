@@ -82,3 +82,26 @@ class Counter(ActorBase):
         if snapshot:
             self.count = snapshot["count"]
             self.restarts = snapshot["restarts"]
+
+
+class Guarded(ActorBase):
+    """Writes state through hooks that refuse some keys and rewrite some values."""
+
+    def setup(self) -> None:
+        from llmspell.runtime.hooks import Cancel, HookContext, Modify
+
+        def guard(ctx: HookContext) -> Cancel | Modify | None:
+            if ctx.payload["key"].endswith("secret"):
+                return Cancel("secrets are not written to shared state")
+            if ctx.payload["key"] == "job:name":
+                return Modify({**ctx.payload, "value": str(ctx.payload["value"]).upper()})
+            return None
+
+        self.hooks.register("before_state_write", guard, name="guard")
+
+    async def handle(self, msg: Envelope) -> Any:
+        if msg.type == "write":
+            return await self.state.set(msg.payload["key"], msg.payload["value"])
+        if msg.type == "read":
+            return await self.state.get(msg.payload)
+        raise ValueError(msg.type)

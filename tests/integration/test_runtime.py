@@ -24,7 +24,7 @@ from llmspell import (
 )
 from llmspell.runtime.messages import Envelope, Kind, decode, encode
 from llmspell.runtime.state_client import StateClient
-from tests.integration.actors import Counter, Recorder, Sender
+from tests.integration.actors import Counter, Guarded, Recorder, Sender
 
 pytestmark = pytest.mark.ray
 
@@ -278,3 +278,17 @@ def test_runtime_joins_a_running_ray_as_a_sync_context_manager(
         assert [item for _, item in rec.ask_sync("dump")] == ["x", "y"]
     # Leaving did not stop the Ray it joined: the session runtime still works.
     assert runtime.lookup(rec.address).ask_sync("item", "z") == 3
+
+
+async def test_state_write_hooks_in_an_actor(runtime: Runtime, job_id: str) -> None:
+    guarded = runtime.spawn(Guarded, "guarded", job_id=job_id)
+    assert await guarded.ask("write", {"key": "job:name", "value": "ada"}) == 1
+    assert await guarded.ask("read", "job:name") == "ADA"
+    with pytest.raises(RemoteError) as info:
+        await guarded.ask("write", {"key": "job:secret", "value": "hunter2"})
+    assert info.value.error_type == "HookCancelled"
+    assert "secrets are not written" in info.value.remote_message
+    assert await guarded.ask("read", "job:secret") is None
+    await guarded.flush()
+    cancelled = await runtime.replay(job_id, pattern="hook.cancelled")
+    assert [e.payload["hook"] for e in cancelled] == ["guard"]
