@@ -104,9 +104,9 @@ async def bench_asks(rt: Runtime, n: int) -> dict[str, float]:
     # Ray's own latency wanders on a small machine: interleave short rounds so that both paths
     # see the same conditions, and take the median of the rounds.
     raw_lat, ask_lat = [], []
-    for _ in range(10):
-        raw_lat.append(await latency(raw_call, n // 10))
-        ask_lat.append(await latency(ask_call, n // 10))
+    for _ in range(20):
+        raw_lat.append(await latency(raw_call, n // 20))
+        ask_lat.append(await latency(ask_call, n // 20))
     raw_tp = await throughput(raw_call, n)
     ask_tp = await throughput(ask_call, n)
     ray_p50 = statistics.median(x[0] for x in raw_lat)

@@ -30,6 +30,7 @@ from llmspell.llm.retry import RetryPolicy, with_retries
 from llmspell.llm.types import Chunk, LLMRequest, Message, Response, Usage
 from llmspell.runtime.errors import HookCancelled
 from llmspell.runtime.hooks import Cancel, HookContext, HookPoint, HookRegistry, Redirect
+from llmspell.runtime.logs import redact
 
 Publish = Callable[[str, dict[str, Any]], Awaitable[None]]
 
@@ -254,6 +255,8 @@ class LLM:
 
     async def _emit(self, topic: str, payload: dict[str, Any]) -> None:
         if self._publish is not None:
+            if "error" in payload:  # provider messages may echo a request; keys never travel
+                payload["error"] = redact(str(payload["error"]))
             await self._publish(topic, payload)
 
     @property

@@ -18,6 +18,7 @@ from pydantic import BaseModel, SecretStr
 
 from llmspell.llm.provider import Provider
 from llmspell.runtime.errors import LlmspellError
+from llmspell.runtime.logs import add_secret
 
 Factory = Callable[["ProviderSettings"], Provider]
 
@@ -47,9 +48,10 @@ def split_model(model: str) -> tuple[str, str]:
 
 
 def _secret(settings: ProviderSettings, env: str) -> str | None:
-    if settings.api_key is not None:
-        return settings.api_key.get_secret_value()
-    return os.environ.get(env)
+    value = (settings.api_key.get_secret_value() if settings.api_key is not None
+             else os.environ.get(env))
+    add_secret(value)
+    return value
 
 
 def _openai(api: str, name: str) -> Factory:

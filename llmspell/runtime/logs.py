@@ -4,12 +4,38 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
+from collections.abc import MutableMapping
 from typing import Any
 
 import structlog
 
 _configured = False
+_SECRET_ENV = ("OPENAI_API_KEY", "ANTHROPIC_API_KEY", "LLMSPELL_LOCAL_LLM_KEY")
+_KEY_PATTERN = re.compile(r"\b(sk-[A-Za-z0-9_\-]{8,}|sk-ant-[A-Za-z0-9_\-]{8,})")
+_secrets: set[str] = set()
+
+
+def add_secret(value: str | None) -> None:
+    """Never print this value: logs and event payloads show [REDACTED] instead."""
+    if value and len(value) >= 6:
+        _secrets.add(value)
+
+
+def redact(text: str) -> str:
+    """`text` with every known secret and anything shaped like an API key replaced."""
+    for var in _SECRET_ENV:
+        add_secret(os.environ.get(var))
+    for secret in _secrets:
+        if secret in text:
+            text = text.replace(secret, "[REDACTED]")
+    return _KEY_PATTERN.sub("[REDACTED]", text)
+
+
+def _redact_event(logger: Any, method: str, event_dict: MutableMapping[str, Any]
+                  ) -> dict[str, Any]:
+    return {k: redact(v) if isinstance(v, str) else v for k, v in event_dict.items()}
 
 
 def configure_logging(*, json: bool | None = None, level: str | None = None) -> None:
@@ -35,6 +61,7 @@ def configure_logging(*, json: bool | None = None, level: str | None = None) -> 
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,
+            _redact_event,
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(

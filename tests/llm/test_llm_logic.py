@@ -160,3 +160,19 @@ def test_messages() -> None:
     assert msg.text == "thinking aloud" and msg.tool_calls == [call]
     assert Message.model_validate(msg.model_dump()) == msg
     assert (Usage(input_tokens=1, output_tokens=2) + Usage(cached_tokens=3)).total_tokens == 3
+
+
+def test_secrets_are_redacted_from_logs(monkeypatch: pytest.MonkeyPatch) -> None:
+    import structlog
+
+    from llmspell.runtime.logs import _redact_event, configure_logging, redact
+
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "my-very-secret-value-123")
+    assert redact("key=my-very-secret-value-123 and sk-abcdefghijklmnop") == \
+        "key=[REDACTED] and [REDACTED]"
+    configure_logging()
+    processors = structlog.get_config()["processors"]
+    assert _redact_event in processors and processors[-1] is not _redact_event  # before render
+    line = _redact_event(None, "error", {"event": "calling",
+                                         "header": "Bearer my-very-secret-value-123"})
+    assert line == {"event": "calling", "header": "Bearer [REDACTED]"}
