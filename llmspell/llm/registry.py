@@ -85,6 +85,12 @@ def _local(settings: ProviderSettings) -> Provider:
                           api_key=_secret(settings, "LLMSPELL_LOCAL_LLM_KEY") or "local")
 
 
+def _scripted(settings: ProviderSettings) -> Provider:
+    from llmspell.llm.scripted import ScriptedProvider
+
+    return ScriptedProvider()
+
+
 class ProviderRegistry:
     """Factories by provider name, and one provider instance per name once made."""
 
@@ -95,6 +101,7 @@ class ProviderRegistry:
             "openai-chat": _openai("chat", "openai-chat"),
             "anthropic": _anthropic,
             "local": _local,
+            "scripted": _scripted,
         }
         self._instances: dict[str, Provider] = {}
 

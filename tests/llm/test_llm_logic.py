@@ -176,3 +176,32 @@ def test_secrets_are_redacted_from_logs(monkeypatch: pytest.MonkeyPatch) -> None
     line = _redact_event(None, "error", {"event": "calling",
                                          "header": "Bearer my-very-secret-value-123"})
     assert line == {"event": "calling", "header": "Bearer [REDACTED]"}
+
+
+async def test_llm_client_with_a_scripted_provider_accounts_and_publishes() -> None:
+    from llmspell.llm.client import LLM
+    from llmspell.llm.pricing import Price, PriceTable
+    from llmspell.llm.scripted import ScriptedProvider
+
+    events: list[tuple[str, dict[str, object]]] = []
+
+    async def publish(topic: str, payload: dict[str, object]) -> None:
+        events.append((topic, payload))
+
+    provider = ScriptedProvider(["first answer", [ToolCall(id="c1", name="search")]])
+    registry = ProviderRegistry()
+    registry.register("scripted", provider)
+    llm = LLM(registry=registry, publish=publish,
+              prices=PriceTable({"scripted:m": Price(input=1.0, output=2.0)}))
+    first = await llm.complete("scripted:m", [Message.user("hello")])
+    assert first.text == "first answer" and first.cost_usd is not None and first.cost_usd > 0
+    second = await llm.complete("scripted:m", [Message.user("search please")])
+    assert second.finish_reason == "tool_calls" and second.tool_calls[0].name == "search"
+    chunks = [c async for c in llm.stream("scripted:m", [Message.user("one two three")])]
+    assert "".join(c.text for c in chunks) == "echo: one two three"
+    assert chunks[-1].response is not None
+    assert llm.calls == 3 and llm.total_usage.input_tokens > 0
+    assert [t for t, _ in events].count("agent.llm.response") == 3
+    assert llm.cost_usd == pytest.approx(sum(
+        p["cost_usd"] for t, p in events if t == "agent.llm.response"))  # type: ignore[misc]
+    assert provider.requests[0].model == "m"
