@@ -205,3 +205,107 @@ async def test_llm_client_with_a_scripted_provider_accounts_and_publishes() -> N
     assert llm.cost_usd == pytest.approx(sum(
         p["cost_usd"] for t, p in events if t == "agent.llm.response"))  # type: ignore[misc]
     assert provider.requests[0].model == "m"
+
+
+class Failing:
+    """A provider that always fails with the given error (a real object, no mocking)."""
+
+    def __init__(self, error: Exception, name: str = "failing") -> None:
+        self.name, self.error, self.calls = name, error, 0
+
+    async def complete(self, request: LLMRequest) -> Response:
+        self.calls += 1
+        raise self.error
+
+    async def stream(self, request: LLMRequest) -> AsyncIterator[Chunk]:
+        self.calls += 1
+        raise self.error
+        yield Chunk()  # pragma: no cover - makes this an async generator
+
+    def count_tokens(self, messages: list[Message], model: str) -> int:
+        return 1
+
+
+def llm_with(**providers: object) -> tuple[object, list[tuple[str, dict[str, object]]]]:
+    from llmspell.llm.client import LLM
+
+    events: list[tuple[str, dict[str, object]]] = []
+
+    async def publish(topic: str, payload: dict[str, object]) -> None:
+        events.append((topic, payload))
+
+    registry = ProviderRegistry()
+    for name, provider in providers.items():
+        registry.register(name, provider)  # type: ignore[arg-type]
+    return LLM(registry=registry, publish=publish), events
+
+
+async def test_fallback_after_a_provider_fails_for_good() -> None:
+    from llmspell.llm.client import LLM, ModelConfig
+    from llmspell.llm.scripted import ScriptedProvider
+
+    down = Failing(LLMServerError("down", "m", "overloaded", status=529))
+    llm, events = llm_with(down=down, backup=ScriptedProvider(["from the backup"]))
+    assert isinstance(llm, LLM)
+    config = ModelConfig(model="down:m", fallbacks=["backup:m"], max_attempts=2, base_delay=0.01)
+    response = await llm.complete(config, [Message.user("hi")])
+    assert response.text == "from the backup" and down.calls == 2
+    topics = [t for t, _ in events]
+    assert topics.count("agent.llm.retry") == 1 and "agent.llm.fallback" in topics
+    fallback = next(p for t, p in events if t == "agent.llm.fallback")
+    assert fallback["from"] == "down:m" and fallback["to"] == "backup:m"
+
+
+async def test_a_bad_request_is_not_retried_nor_failed_over() -> None:
+    from llmspell.llm.client import LLM
+
+    bad = Failing(LLMBadRequest("bad", "m", "messages: field required", status=400))
+    llm, events = llm_with(bad=bad, backup=Failing(LLMServerError("b", "m", "x")))
+    assert isinstance(llm, LLM)
+    with pytest.raises(LLMBadRequest, match="HTTP 400"):
+        await llm.complete("bad:m", [Message.user("hi")], fallbacks=["backup:m"])
+    assert bad.calls == 1 and not [t for t, _ in events if t == "agent.llm.fallback"]
+
+
+async def test_every_model_failing_names_each_cause() -> None:
+    from llmspell.llm.client import LLM, ModelConfig
+    from llmspell.llm.errors import AllModelsFailed
+
+    llm, _ = llm_with(a=Failing(LLMServerError("a", "m", "boom a")),
+                      b=Failing(LLMServerError("b", "m", "boom b")))
+    assert isinstance(llm, LLM)
+    with pytest.raises(AllModelsFailed) as info:
+        await llm.complete(ModelConfig(model="a:m", fallbacks=["b:m"], max_attempts=1),
+                           [Message.user("hi")])
+    assert "boom a" in str(info.value) and "boom b" in str(info.value)
+
+
+async def test_llm_call_hooks_replace_cancel_and_redirect() -> None:
+    from llmspell.llm.client import LLM
+    from llmspell.llm.scripted import ScriptedProvider
+    from llmspell.runtime.errors import HookCancelled
+    from llmspell.runtime.hooks import Cancel, HookContext, Redirect, Replace
+
+    main = ScriptedProvider(["main answer"] * 5)
+    other = ScriptedProvider(["other answer"] * 5)
+    llm, _ = llm_with(main=main, other=other)
+    assert isinstance(llm, LLM)
+    cached = Response(message=Message.assistant("cached"))
+
+    def policy(ctx: HookContext) -> object:
+        text = ctx.payload.messages[-1].text
+        if text == "cached?":
+            return Replace(cached)
+        if text == "too expensive":
+            return Cancel("budget of 0.01 USD reached")
+        if text == "elsewhere":
+            return Redirect("other:m")
+        return None
+
+    llm.hooks.register("before_llm_call", policy, name="policy")
+    assert (await llm.complete("main:m", [Message.user("cached?")])).text == "cached"
+    assert main.requests == []  # the cache hit never reached the model
+    with pytest.raises(HookCancelled, match="budget"):
+        await llm.complete("main:m", [Message.user("too expensive")])
+    assert (await llm.complete("main:m", [Message.user("elsewhere")])).text == "other answer"
+    assert (await llm.complete("main:m", [Message.user("plain")])).text == "main answer"
