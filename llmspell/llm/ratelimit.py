@@ -6,6 +6,10 @@ the actors of a job or a cluster one `LimiterService` actor owns the windows and
 *leases*: a process takes a few requests' worth at a time and spends them locally, so that a
 call costs no Ray round trip, while every grant still counts in the one window at the moment
 it was leased. Unused leases are never returned: the limit can be undershot, never exceeded.
+
+A lease is good for `ttl` seconds from the moment it was asked for (which is before it was
+granted), and the service counts grants over the window plus that ttl: so however late a lease
+is spent, no window of the limit's length sees more than the limit.
 """
 
 from __future__ import annotations
@@ -91,12 +95,13 @@ class LimiterService:
         self.windows: dict[str, SlidingWindow] = {}
 
     async def lease(self, key: str, rpm: int | None, tpm: int | None, requests: int,
-                    tokens: int) -> tuple[int, int, float]:
+                    tokens: int, window_s: float = 60.0) -> tuple[int, int, float]:
         """Grant up to `requests` requests and `tokens` tokens at once: (requests, tokens,
         0.0), or (0, 0, seconds to wait)."""
+        limits = Limits(rpm, tpm, window_s)
         window = self.windows.get(key)
-        if window is None or window.limits != Limits(rpm, tpm):
-            window = self.windows[key] = SlidingWindow(Limits(rpm, tpm))
+        if window is None or window.limits != limits:
+            window = self.windows[key] = SlidingWindow(limits)
         now = time.monotonic()
         room_r, room_t = window.room(now)
         grant_r = requests if room_r is None else max(1, min(requests, room_r))
@@ -115,7 +120,9 @@ class SharedRateLimiter:
     def __init__(self, key: str, limits: Limits, service: Any, *, lease_size: int = 4) -> None:
         self.key = key
         self.limits = limits
+        self.ttl = min(1.0, limits.window / 20)
         self._service = service
+        self._expires = 0.0
         self._lease_size = max(1, min(lease_size, (limits.requests_per_minute or 1000) // 20))
         self._requests = 0
         self._tokens = 0
@@ -125,17 +132,23 @@ class SharedRateLimiter:
     async def acquire(self, tokens: int = 0) -> float:
         waited = 0.0
         async with self._lock:  # one renewal at a time; the others then spend its lease
-            while self._requests < 1 or (self.limits.tokens_per_minute is not None
-                                         and self._tokens < tokens):
+            while True:
+                if time.monotonic() >= self._expires:
+                    self._requests = self._tokens = 0  # an expired lease is never spent
+                if self._requests >= 1 and (self.limits.tokens_per_minute is None
+                                            or self._tokens >= tokens):
+                    break
+                asked = time.monotonic()
                 want_t = max(tokens, tokens * self._lease_size)
                 r, t, wait = await self._service.lease.remote(
                     self.key, self.limits.requests_per_minute, self.limits.tokens_per_minute,
-                    self._lease_size, want_t)
+                    self._lease_size, want_t, self.limits.window + self.ttl)
                 if wait:
                     await asyncio.sleep(wait)
                     waited += wait
-                self._requests += r
-                self._tokens += t
+                    continue
+                self._requests, self._tokens = r, t
+                self._expires = asked + self.ttl
             self._requests -= 1
             self._tokens -= tokens
         self.waited += waited

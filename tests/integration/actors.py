@@ -105,3 +105,22 @@ class Guarded(ActorBase):
         if msg.type == "read":
             return await self.state.get(msg.payload)
         raise ValueError(msg.type)
+
+
+class LimitedCaller(ActorBase):
+    """Acquires a shared rate limit and reports when each grant came."""
+
+    async def handle(self, msg: Envelope) -> Any:
+        import time
+
+        from llmspell.llm.ratelimit import Limits, SharedRateLimiter, limiter_service
+
+        p = msg.payload
+        limiter = SharedRateLimiter(p["key"], Limits(p["rpm"], None, p["window"]),
+                                    limiter_service(self.settings.namespace))
+
+        async def one() -> float:
+            await limiter.acquire()
+            return time.time()
+
+        return list(await asyncio.gather(*(one() for _ in range(p["calls"]))))
