@@ -154,8 +154,9 @@ class ActorBase:
             await self._handle_one(env, reply)
 
     async def _handle_one(self, env: Envelope, reply: asyncio.Future[Any] | None) -> None:
+        is_event = env.type == "event" and env.kind == Kind.TELL
         try:
-            if env.type == "event" and env.kind == Kind.TELL:
+            if is_event:
                 await self.on_event(Event.from_wire(env.payload))
                 result = None
             else:
@@ -172,7 +173,9 @@ class ActorBase:
         else:
             if reply is not None and not reply.done():
                 reply.set_result(result)
-            self.node.publish_nowait("actor.message.handled", {"type": env.type, "seq": env.seq})
+            if not is_event:  # an event about handling an event would feed back forever
+                self.node.publish_nowait("actor.message.handled",
+                                         {"type": env.type, "seq": env.seq})
         self.handled += 1
         if self.config.snapshot_every:
             self._since_snapshot += 1
