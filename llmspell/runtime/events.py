@@ -109,8 +109,8 @@ class Event:
             raise CodecError(f"{where}: must be an array of 6 fields "
                              "[topic, job_id, sender, seq, ts, payload]")
         topic, job_id, sender, seq, ts, payload = item
-        if not isinstance(topic, str) or not topic:
-            raise CodecError(f"{where}: field 'topic' must be a non-empty string, got {topic!r}")
+        if not isinstance(topic, str) or not _valid_topic(topic):
+            raise CodecError(f"{where}: field 'topic' must be a dotted topic name, got {topic!r}")
         if not isinstance(job_id, str) or not isinstance(sender, str):
             raise CodecError(f"{where} {topic!r}: fields 'job_id' and 'sender' must be strings")
         if type(seq) is not int or seq < 0:
@@ -166,6 +166,15 @@ def check_topic(topic: str) -> None:
     for part in topic.split("."):
         if not _SEGMENT.match(part):
             raise PatternError(f"invalid topic {topic!r}: bad segment {part!r}")
+
+
+@lru_cache(maxsize=4096)
+def _valid_topic(topic: str) -> bool:
+    try:
+        check_topic(topic)
+    except PatternError:
+        return False
+    return True
 
 
 class TopicPattern:

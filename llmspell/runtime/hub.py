@@ -102,6 +102,7 @@ class HubCore:
             raise
         except Exception as exc:  # the subscriber is gone: end its subscription, say why
             self._logger.warning("actor subscription ended", subscriber=address, error=str(exc))
+            self.unsubscribe(sub_id)  # nobody reads its buffer now: publishing must not wait on it
             await self.bus.publish("bus.subscriber_lost", {"subscriber": address,
                                                            "error": str(exc)})
         finally:

@@ -76,6 +76,7 @@ class Mailbox:
         self._on_gap = on_gap
         self._lanes: list[deque[tuple[Envelope, Any]]] = [deque() for _ in range(_LANES)]
         self._size = 0  # messages in lanes plus messages held for ordering
+        self._held = 0  # messages held for ordering (the consumer cannot take them yet)
         self._streams: dict[str, _Stream] = {}
         self._seen: OrderedDict[str, asyncio.Future[Any] | None] = OrderedDict()
         self._getters: deque[asyncio.Future[None]] = deque()
@@ -97,6 +98,8 @@ class Mailbox:
         With overflow "block" a full mailbox makes the caller wait; with "reject" it raises
         MailboxFull. System messages are never refused for lack of room.
         """
+        if self._is_duplicate(env, reply):
+            return False
         while self._must_wait(env):
             if self.overflow == "reject":
                 self._reject(env)
@@ -107,18 +110,44 @@ class Mailbox:
             finally:
                 if not waiter.done():
                     waiter.cancel()
-        return self._offer(env, reply)
+        accepted = self._offer(env, reply)
+        if self._putters and (self._size < self.capacity or self._size == self._held):
+            _wake(self._putters)  # pass the turn on: the next producer may not need to wait
+        return accepted
 
     def put_nowait(self, env: Envelope, reply: asyncio.Future[Any] | None = None) -> bool:
         """Offer a message without waiting: raises MailboxFull when there is no room."""
+        if self._is_duplicate(env, reply):
+            return False
         if self._must_wait(env):
             self._reject(env)
         return self._offer(env, reply)
+
+    def _is_duplicate(self, env: Envelope, reply: asyncio.Future[Any] | None) -> bool:
+        """Drop a duplicate before any capacity check: refusing it for lack of room would
+        consume a seq that its original still holds."""
+        if self._closed:
+            raise MailboxClosed(self.owner)
+        key = env.idempotency_key
+        if key is not None and key in self._seen:
+            self._duplicate(env, reply, self._seen[key])
+            return True
+        stream = self._streams.get(env.stream) if env.seq and env.stream else None
+        if stream is not None and env.seq not in stream.skipped and (
+                env.seq < stream.next_seq or stream.held.get(env.seq) is not None):
+            self._duplicate(env, reply, None)
+            return True
+        return False
 
     def _must_wait(self, env: Envelope) -> bool:
         if self._closed:
             raise MailboxClosed(self.owner)
         if self._size < self.capacity or env.priority == Priority.SYSTEM:
+            return False
+        if self._size == self._held:
+            # Every queued message is held for a missing seq, so the consumer cannot make room:
+            # waiting could only end with a gap timeout, and the missing message may be the
+            # very one queued behind this put. Take it.
             return False
         # A message that fills a gap releases held messages: refusing it would deadlock them.
         stream = self._streams.get(env.stream) if env.seq else None
@@ -155,8 +184,12 @@ class Mailbox:
         if seq > stream.next_seq:
             stream.held[seq] = (env, reply)
             stream.held_count += 1
+            self._held += 1
             self._size += 1
             self._arm_gap_timer(env.stream, stream)
+            # A waiting putter may hold the message that fills this gap: it may now pass.
+            while self._putters:
+                _wake(self._putters)
             return True
         self._admit(env, reply)
         stream.next_seq += 1
@@ -178,7 +211,7 @@ class Mailbox:
         if seq == stream.next_seq:
             stream.next_seq += 1
             self._release(stream_id, stream)
-        elif seq > stream.next_seq:
+        elif seq > stream.next_seq and seq not in stream.held:  # never overwrite a held message
             stream.held[seq] = _REJECTED
 
     def _duplicate(
@@ -210,10 +243,14 @@ class Mailbox:
             stream.next_seq += 1
             if item is not None:
                 stream.held_count -= 1
+                self._held -= 1
                 self._size -= 1
                 self._admit(*item)
         if not stream.held_count:
-            held.clear()  # only rejected markers may remain, and they are below next_seq now
+            # Only rejected markers remain; those above next_seq must stay, or the stream
+            # would wait for a seq that was refused.
+            for passed in [s for s in held if s < stream.next_seq]:
+                del held[passed]
             if stream.timer is not None:
                 stream.timer.cancel()
                 stream.timer = None
@@ -309,6 +346,7 @@ class Mailbox:
                     dropped += 1
             stream.held.clear()
         self._size = 0
+        self._held = 0
         for waiters in (self._getters, self._putters):
             while waiters:
                 _wake(waiters)
