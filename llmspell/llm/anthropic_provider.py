@@ -16,17 +16,13 @@ from typing import Any
 import anthropic
 
 from llmspell.llm.errors import (
-    LLMAuthError,
-    LLMBadRequest,
     LLMConnectionError,
     LLMError,
-    LLMServerError,
     LLMTimeout,
     MalformedResponse,
-    RateLimited,
     StreamInterrupted,
 )
-from llmspell.llm.provider import parse_retry_after
+from llmspell.llm.provider import error_for_status, stamp_latency
 from llmspell.llm.tokens import count_tokens
 from llmspell.llm.types import (
     Chunk,
@@ -50,20 +46,10 @@ def map_anthropic_error(exc: Exception, provider: str, model: str) -> LLMError:
     if isinstance(exc, anthropic.APIConnectionError):
         return LLMConnectionError(provider, model, f"connection failed: {exc}")
     if isinstance(exc, anthropic.APIStatusError):
-        status = exc.status_code
         body = exc.body if isinstance(exc.body, dict) else {}
         err = body.get("error") if isinstance(body.get("error"), dict) else {}
         message = str((err or {}).get("message") or exc.message)
-        if status == 429:
-            return RateLimited(provider, model, message,
-                               retry_after=parse_retry_after(exc.response.headers))
-        if status in (401, 403):
-            return LLMAuthError(provider, model, message, status=status)
-        if status >= 500:  # 529 "overloaded" included
-            return LLMServerError(provider, model, message, status=status)
-        if status == 408:
-            return LLMTimeout(provider, model, message, status=status)
-        return LLMBadRequest(provider, model, message, status=status)
+        return error_for_status(provider, model, exc.status_code, message, exc.response.headers)
     if isinstance(exc, (json.JSONDecodeError, anthropic.APIResponseValidationError)):
         return MalformedResponse(provider, model, f"malformed response: {exc}")
     return LLMConnectionError(provider, model, f"{type(exc).__name__}: {exc}")
@@ -99,10 +85,7 @@ class AnthropicProvider:
     async def stream(self, request: LLMRequest) -> AsyncIterator[Chunk]:
         started = time.perf_counter()
         try:
-            async for chunk in self._stream(request):
-                if chunk.response is not None:
-                    chunk = chunk.model_copy(update={"response": chunk.response.model_copy(
-                        update={"latency_s": time.perf_counter() - started})})
+            async for chunk in stamp_latency(self._stream(request), started):
                 yield chunk
         except Exception as exc:
             raise map_anthropic_error(exc, self.name, request.model) from exc

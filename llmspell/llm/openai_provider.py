@@ -15,17 +15,14 @@ from typing import Any, Literal
 import openai
 
 from llmspell.llm.errors import (
-    LLMAuthError,
-    LLMBadRequest,
     LLMConnectionError,
     LLMError,
     LLMServerError,
     LLMTimeout,
     MalformedResponse,
-    RateLimited,
     StreamInterrupted,
 )
-from llmspell.llm.provider import parse_retry_after
+from llmspell.llm.provider import error_for_status, stamp_latency
 from llmspell.llm.tokens import count_tokens
 from llmspell.llm.types import (
     Chunk,
@@ -63,18 +60,8 @@ def map_openai_error(exc: Exception, provider: str, model: str) -> LLMError:
     if isinstance(exc, openai.APIConnectionError):
         return LLMConnectionError(provider, model, f"connection failed: {exc}")
     if isinstance(exc, openai.APIStatusError):
-        status = exc.status_code
-        message = _error_message(exc)
-        if status == 429:
-            return RateLimited(provider, model, message,
-                               retry_after=parse_retry_after(exc.response.headers))
-        if status in (401, 403):
-            return LLMAuthError(provider, model, message, status=status)
-        if status >= 500:
-            return LLMServerError(provider, model, message, status=status)
-        if status == 408:
-            return LLMTimeout(provider, model, message, status=status)
-        return LLMBadRequest(provider, model, message, status=status)
+        return error_for_status(provider, model, exc.status_code, _error_message(exc),
+                                exc.response.headers)
     if isinstance(exc, (json.JSONDecodeError, openai.APIResponseValidationError)):
         return MalformedResponse(provider, model, f"malformed response: {exc}")
     return LLMConnectionError(provider, model, f"{type(exc).__name__}: {exc}")
@@ -129,10 +116,7 @@ class OpenAIProvider:
         try:
             inner = self._stream_chat(request) if self.api == "chat" else \
                 self._stream_responses(request)
-            async for chunk in inner:
-                if chunk.response is not None:
-                    chunk = chunk.model_copy(update={"response": chunk.response.model_copy(
-                        update={"latency_s": time.perf_counter() - started})})
+            async for chunk in stamp_latency(inner, started):
                 yield chunk
         except Exception as exc:
             raise map_openai_error(exc, self.name, request.model) from exc

@@ -7,6 +7,14 @@ import time
 from collections.abc import AsyncIterator, Mapping
 from typing import Protocol, runtime_checkable
 
+from llmspell.llm.errors import (
+    LLMAuthError,
+    LLMBadRequest,
+    LLMError,
+    LLMServerError,
+    LLMTimeout,
+    RateLimited,
+)
 from llmspell.llm.types import Chunk, LLMRequest, Message, Response
 
 
@@ -41,3 +49,26 @@ def parse_retry_after(headers: Mapping[str, str] | None) -> float | None:
     except ValueError:
         parsed = email.utils.parsedate_to_datetime(value) if value else None
         return None if parsed is None else max(0.0, parsed.timestamp() - time.time())
+
+
+def error_for_status(provider: str, model: str, status: int, message: str,
+                     headers: Mapping[str, str] | None) -> LLMError:
+    """The LLMError for an HTTP status: 429 and 5xx retryable, 401/403 and other 4xx not."""
+    if status == 429:
+        return RateLimited(provider, model, message, retry_after=parse_retry_after(headers))
+    if status in (401, 403):
+        return LLMAuthError(provider, model, message, status=status)
+    if status >= 500:  # Anthropic's 529 "overloaded" included
+        return LLMServerError(provider, model, message, status=status)
+    if status == 408:
+        return LLMTimeout(provider, model, message, status=status)
+    return LLMBadRequest(provider, model, message, status=status)
+
+
+async def stamp_latency(chunks: AsyncIterator[Chunk], started: float) -> AsyncIterator[Chunk]:
+    """Pass chunks through, setting the final Response's latency (from `started`)."""
+    async for chunk in chunks:
+        if chunk.response is not None:
+            chunk = chunk.model_copy(update={"response": chunk.response.model_copy(
+                update={"latency_s": time.perf_counter() - started})})
+        yield chunk

@@ -309,3 +309,35 @@ async def test_llm_call_hooks_replace_cancel_and_redirect() -> None:
         await llm.complete("main:m", [Message.user("too expensive")])
     assert (await llm.complete("main:m", [Message.user("elsewhere")])).text == "other answer"
     assert (await llm.complete("main:m", [Message.user("plain")])).text == "main answer"
+
+
+def test_sdk_errors_map_to_llm_errors_that_say_whether_to_retry() -> None:
+    import anthropic
+    import httpx2 as httpx
+    import openai
+
+    from llmspell.llm.anthropic_provider import map_anthropic_error
+    from llmspell.llm.errors import LLMAuthError, LLMTimeout
+    from llmspell.llm.openai_provider import map_openai_error
+
+    request = httpx.Request("POST", "http://127.0.0.1/v1/chat/completions")
+
+    def response(status: int, **headers: str) -> httpx.Response:
+        return httpx.Response(status, headers=headers, request=request)
+
+    limited = map_openai_error(openai.RateLimitError(
+        "slow", response=response(429, **{"retry-after": "2"}),
+        body={"error": {"message": "rate limited"}}), "openai", "gpt-4o")
+    assert isinstance(limited, RateLimited) and limited.retryable
+    assert limited.retry_after == 2.0 and "openai:gpt-4o (HTTP 429): rate limited" in str(limited)
+    denied = map_openai_error(openai.AuthenticationError(
+        "no", response=response(401), body=None), "openai", "gpt-4o")
+    assert isinstance(denied, LLMAuthError) and not denied.retryable
+    assert isinstance(map_openai_error(openai.APITimeoutError(request), "o", "m"), LLMTimeout)
+    overloaded = map_anthropic_error(anthropic.InternalServerError(
+        "overloaded", response=response(529),
+        body={"error": {"message": "Overloaded"}}), "anthropic", "claude")
+    assert isinstance(overloaded, LLMServerError) and overloaded.status == 529
+    bad = map_anthropic_error(anthropic.BadRequestError(
+        "bad", response=response(400), body=None), "anthropic", "claude")
+    assert isinstance(bad, LLMBadRequest) and not bad.retryable
