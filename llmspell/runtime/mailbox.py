@@ -211,7 +211,7 @@ class Mailbox:
         if seq == stream.next_seq:
             stream.next_seq += 1
             self._release(stream_id, stream)
-        elif seq > stream.next_seq and seq not in stream.held:  # never overwrite a held message
+        elif seq > stream.next_seq:
             stream.held[seq] = _REJECTED
 
     def _duplicate(
