@@ -137,11 +137,14 @@ class Batcher(Generic[T]):
             self.sent_items += len(batch)
         except asyncio.CancelledError:
             raise
-        except BaseException as exc:  # the flusher must outlive a failed send; report it
+        except Exception as exc:  # the flusher must outlive a failed send; report it
             self.failed_items += len(batch)
-            if self._on_error is not None:
-                self._on_error(exc, len(batch))
-            else:
-                get_logger(batcher=self.name).warning(
-                    "batch send failed", items=len(batch), error=repr(exc)
-                )
+            try:
+                if self._on_error is not None:
+                    self._on_error(exc, len(batch))
+                    return
+            except Exception as report_exc:  # a broken reporter must not kill the flusher
+                exc = report_exc
+            get_logger(batcher=self.name).warning(
+                "batch send failed", items=len(batch), error=repr(exc)
+            )

@@ -39,6 +39,7 @@ class HubCore:
         self.bad_batches = 0
         self.subs: dict[str, Subscription] = {}
         self._known_jobs: set[str] = set()
+        self._first_sight = asyncio.Lock()
         self._logger = get_logger(actor="hub")
 
     async def publish_batch(self, data: bytes) -> int:
@@ -56,10 +57,13 @@ class HubCore:
 
     async def publish_event(self, event: Event) -> None:
         if event.job_id not in self._known_jobs:
-            # Continue the job's numbering where its log left off (a resumed job).
-            self._known_jobs.add(event.job_id)
-            self.bus.start_seq(event.job_id, await asyncio.to_thread(self.log.last_seq,
-                                                                      event.job_id))
+            # Continue the job's numbering where its log left off (a resumed job). Under a lock,
+            # so that a second batch of the same job cannot start numbering at 1 meanwhile.
+            async with self._first_sight:
+                if event.job_id not in self._known_jobs:
+                    last = await asyncio.to_thread(self.log.last_seq, event.job_id)
+                    self.bus.start_seq(event.job_id, last)
+                    self._known_jobs.add(event.job_id)
         await self.bus.publish_event(event)
 
     def subscribe(self, pattern: str, buffer: int, overflow: Overflow, job_id: str | None) -> str:

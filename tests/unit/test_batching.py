@@ -236,3 +236,25 @@ async def test_the_batcher_restarts_after_going_idle() -> None:
         await asyncio.sleep(0.02)  # the timer sends it; the flusher goes idle
         assert rx.items == list(range(round_ + 1))
     await b.close()
+
+
+async def test_a_raising_error_reporter_does_not_kill_the_flusher() -> None:
+    from llmspell.runtime.batching import Batcher
+
+    sent: list[list[int]] = []
+
+    async def send(items: list[int]) -> None:
+        if items[0] == 0:
+            raise ConnectionError("peer gone")
+        sent.append(items)
+
+    def report(exc: BaseException, count: int) -> None:
+        raise RuntimeError("reporter broken")
+
+    batcher: Batcher[int] = Batcher(send, name="t", max_items=1, max_delay=0, on_error=report)
+    batcher.add(0)
+    await asyncio.wait_for(batcher.flush(), 2)
+    batcher.add(1)
+    await asyncio.wait_for(batcher.flush(), 2)
+    assert sent == [[1]] and batcher.failed_items == 1
+    await batcher.close()
