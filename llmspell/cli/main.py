@@ -24,5 +24,15 @@ def root(
     """llmspell: run multi-agent jobs on an embedded Ray or a cluster."""
 
 
+def _register() -> None:
+    from llmspell.cli.llm_server import llm_server
+
+    app.command("llm-server", help="Run the local OpenAI/Anthropic-compatible LLM server.")(
+        llm_server)
+
+
+_register()
+
+
 def main() -> None:
     app()
