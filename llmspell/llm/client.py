@@ -21,7 +21,13 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from llmspell.llm.errors import AllModelsFailed, LLMBadRequest, LLMError, LLMTimeout
+from llmspell.llm.errors import (
+    AllModelsFailed,
+    LLMBadRequest,
+    LLMError,
+    LLMTimeout,
+    StreamInterrupted,
+)
 from llmspell.llm.pricing import PriceTable
 from llmspell.llm.provider import Provider
 from llmspell.llm.ratelimit import Limits, RateLimiter, SharedRateLimiter, limiter_service
@@ -168,6 +174,11 @@ class LLM:
                     return
                 except LLMError as exc:
                     if started or not exc.retryable or attempt >= policy.max_attempts:
+                        if started and not isinstance(exc, StreamInterrupted):
+                            raise StreamInterrupted(
+                                exc.provider, exc.model,
+                                f"stream broke after output had begun: {exc.detail}",
+                                status=exc.status) from exc
                         if started:
                             raise
                         errors.append(exc)

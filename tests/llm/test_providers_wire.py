@@ -1,0 +1,69 @@
+"""Our providers through the real SDKs against the local LLM server."""
+
+from __future__ import annotations
+
+import pytest
+
+from llmspell.llm.anthropic_provider import AnthropicProvider
+from llmspell.llm.client import LLM, ModelConfig
+from llmspell.llm.errors import StreamInterrupted
+from llmspell.llm.openai_provider import OpenAIProvider
+from llmspell.llm.registry import ProviderRegistry
+from llmspell.llm.server import LocalLLMServer
+from llmspell.llm.types import Message, ToolSpec
+
+SCENARIO = {"rules": [
+    {"match": {"contains": "weather"}, "reply": {"tool_calls": [
+        {"name": "get_weather", "arguments": {"city": "Paris"}},
+        {"name": "get_weather", "arguments": {"city": "Berlin"}}]}},
+    {"match": {"contains": "flaky"}, "times": 1,
+     "fault": {"kind": "rate_limit", "retry_after": 0.4}},
+    {"match": {"contains": "cut"}, "fault": {"kind": "drop", "after_chunks": 2}},
+]}
+TOOLS = [ToolSpec(name="get_weather", parameters={
+    "type": "object", "properties": {"city": {"type": "string"}}})]
+
+
+def llm_for(server: LocalLLMServer) -> LLM:
+    registry = ProviderRegistry()
+    registry.register("chat", OpenAIProvider(name="chat", api="chat", api_key="k",
+                                             base_url=server.openai_base_url))
+    registry.register("resp", OpenAIProvider(name="resp", api="responses", api_key="k",
+                                             base_url=server.openai_base_url))
+    registry.register("claude", AnthropicProvider(api_key="k",
+                                                  base_url=server.anthropic_base_url))
+    return LLM(registry=registry)
+
+
+@pytest.mark.parametrize("model", ["chat:m", "resp:m", "claude:m"])
+async def test_text_stream_and_parallel_tool_calls(model: str) -> None:
+    with LocalLLMServer(SCENARIO) as server:
+        llm = llm_for(server)
+        answer = await llm.complete(model, [Message.user("hello there")])
+        assert answer.text == "echo: hello there" and answer.usage.input_tokens > 0
+        chunks = [c async for c in llm.stream(model, [Message.user("stream me")])]
+        assert "".join(c.text for c in chunks) == "echo: stream me"
+        assert chunks[-1].response is not None and chunks[-1].response.usage.output_tokens > 0
+        calls = await llm.complete(model, [Message.user("weather?")], tools=TOOLS)
+        assert calls.finish_reason == "tool_calls"
+        assert [c.arguments["city"] for c in calls.tool_calls] == ["Paris", "Berlin"]
+
+
+@pytest.mark.parametrize("model", ["chat:m", "claude:m"])
+async def test_retry_after_is_honoured(model: str) -> None:
+    with LocalLLMServer(SCENARIO) as server:
+        llm = llm_for(server)
+        answer = await llm.complete(ModelConfig(model=model, base_delay=0.01),
+                                    [Message.user("flaky call")])
+        assert answer.text == "echo: flaky call"
+        first, second = server.requests[-2:]
+        assert second.monotonic - first.monotonic >= 0.4  # the gap the server recorded
+
+
+async def test_a_stream_cut_midway_raises_rather_than_truncates() -> None:
+    with LocalLLMServer(SCENARIO) as server:
+        llm = llm_for(server)
+        with pytest.raises(StreamInterrupted):
+            async for _ in llm.stream(ModelConfig(model="chat:m", max_attempts=1),
+                                      [Message.user("cut me off please now")]):
+                pass
