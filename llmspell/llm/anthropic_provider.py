@@ -16,13 +16,10 @@ from typing import Any
 import anthropic
 
 from llmspell.llm.errors import (
-    LLMConnectionError,
     LLMError,
-    LLMTimeout,
-    MalformedResponse,
     StreamInterrupted,
 )
-from llmspell.llm.provider import error_for_status, stamp_latency
+from llmspell.llm.provider import map_sdk_error, stamp_latency
 from llmspell.llm.tokens import count_tokens
 from llmspell.llm.types import (
     Chunk,
@@ -39,20 +36,7 @@ from llmspell.llm.types import (
 
 
 def map_anthropic_error(exc: Exception, provider: str, model: str) -> LLMError:
-    if isinstance(exc, LLMError):
-        return exc
-    if isinstance(exc, anthropic.APITimeoutError):
-        return LLMTimeout(provider, model, "request timed out")
-    if isinstance(exc, anthropic.APIConnectionError):
-        return LLMConnectionError(provider, model, f"connection failed: {exc}")
-    if isinstance(exc, anthropic.APIStatusError):
-        body = exc.body if isinstance(exc.body, dict) else {}
-        err = body.get("error") if isinstance(body.get("error"), dict) else {}
-        message = str((err or {}).get("message") or exc.message)
-        return error_for_status(provider, model, exc.status_code, message, exc.response.headers)
-    if isinstance(exc, (json.JSONDecodeError, anthropic.APIResponseValidationError)):
-        return MalformedResponse(provider, model, f"malformed response: {exc}")
-    return LLMConnectionError(provider, model, f"{type(exc).__name__}: {exc}")
+    return map_sdk_error(exc, anthropic, provider, model)
 
 
 class AnthropicProvider:

@@ -15,14 +15,12 @@ from typing import Any, Literal
 import openai
 
 from llmspell.llm.errors import (
-    LLMConnectionError,
     LLMError,
     LLMServerError,
-    LLMTimeout,
     MalformedResponse,
     StreamInterrupted,
 )
-from llmspell.llm.provider import error_for_status, stamp_latency
+from llmspell.llm.provider import map_sdk_error, stamp_latency
 from llmspell.llm.tokens import count_tokens
 from llmspell.llm.types import (
     Chunk,
@@ -52,28 +50,7 @@ def parse_arguments(raw: str | None, call_id: str, name: str) -> ToolCall:
 
 
 def map_openai_error(exc: Exception, provider: str, model: str) -> LLMError:
-    """Translate an SDK exception into an LLMError that says whether to retry."""
-    if isinstance(exc, LLMError):
-        return exc
-    if isinstance(exc, openai.APITimeoutError):
-        return LLMTimeout(provider, model, "request timed out")
-    if isinstance(exc, openai.APIConnectionError):
-        return LLMConnectionError(provider, model, f"connection failed: {exc}")
-    if isinstance(exc, openai.APIStatusError):
-        return error_for_status(provider, model, exc.status_code, _error_message(exc),
-                                exc.response.headers)
-    if isinstance(exc, (json.JSONDecodeError, openai.APIResponseValidationError)):
-        return MalformedResponse(provider, model, f"malformed response: {exc}")
-    return LLMConnectionError(provider, model, f"{type(exc).__name__}: {exc}")
-
-
-def _error_message(exc: openai.APIStatusError) -> str:
-    body = exc.body
-    if isinstance(body, dict):
-        err = body.get("error", body)
-        if isinstance(err, dict) and err.get("message"):
-            return str(err["message"])
-    return str(exc.message)
+    return map_sdk_error(exc, openai, provider, model)
 
 
 class OpenAIProvider:

@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import email.utils
+import json
 import time
 from collections.abc import AsyncIterator, Mapping
-from typing import Protocol, runtime_checkable
+from types import ModuleType
+from typing import Any, Protocol, runtime_checkable
 
 from llmspell.llm.errors import (
     LLMAuthError,
     LLMBadRequest,
+    LLMConnectionError,
     LLMError,
     LLMServerError,
     LLMTimeout,
+    MalformedResponse,
     RateLimited,
 )
 from llmspell.llm.types import Chunk, LLMRequest, Message, Response
@@ -72,3 +76,29 @@ async def stamp_latency(chunks: AsyncIterator[Chunk], started: float) -> AsyncIt
             chunk = chunk.model_copy(update={"response": chunk.response.model_copy(
                 update={"latency_s": time.perf_counter() - started})})
         yield chunk
+
+
+def map_sdk_error(exc: Exception, sdk: ModuleType, provider: str, model: str) -> LLMError:
+    """Translate an exception of the `openai` or `anthropic` SDK (they share their exception
+    names and error body shape) into an LLMError that says whether to retry."""
+    if isinstance(exc, LLMError):
+        return exc
+    if isinstance(exc, sdk.APITimeoutError):
+        return LLMTimeout(provider, model, "request timed out")
+    if isinstance(exc, sdk.APIConnectionError):
+        return LLMConnectionError(provider, model, f"connection failed: {exc}")
+    if isinstance(exc, sdk.APIStatusError):
+        return error_for_status(provider, model, exc.status_code, _status_message(exc),
+                                exc.response.headers)
+    if isinstance(exc, (json.JSONDecodeError, sdk.APIResponseValidationError)):
+        return MalformedResponse(provider, model, f"malformed response: {exc}")
+    return LLMConnectionError(provider, model, f"{type(exc).__name__}: {exc}")
+
+
+def _status_message(exc: Any) -> str:
+    body = exc.body
+    if isinstance(body, dict):
+        err = body.get("error", body)
+        if isinstance(err, dict) and err.get("message"):
+            return str(err["message"])
+    return str(exc.message)
