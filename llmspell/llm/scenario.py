@@ -33,6 +33,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from llmspell.runtime.validation import field_path
+
 Api = Literal["chat", "responses", "messages"]
 FaultKind = Literal["rate_limit", "server_error", "drop", "malformed"]
 
@@ -227,14 +229,6 @@ def _describe(exc: ValidationError, source: str) -> str:
     for error in exc.errors():
         lines.append(f"  {field_path(error['loc'])}: {error['msg']}")
     return "\n".join(lines)
-
-
-def field_path(loc: tuple[int | str, ...]) -> str:
-    """`("rules", 1, "reply")` as `rules[1].reply`, the way a user finds it in the file."""
-    out = ""
-    for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out or "(top level)"
 
 
 def load_scenario(source: Scenario | str | Path | dict[str, Any] | None) -> Scenario:

@@ -15,7 +15,8 @@ Every error names what went wrong and where, so that a user can act on it withou
     ├── PatternError          an invalid topic or subscription pattern
     ├── StateError
     │   └── VersionConflict   a compare-and-set lost: carries the current version
-    └── HookCancelled         a hook cancelled the operation, with its reason
+    ├── HookCancelled         a hook cancelled the operation, with its reason
+    └── Cancelled             the work was cancelled by its owner (a job, a run), with the reason
 """
 
 from __future__ import annotations
@@ -132,3 +133,11 @@ class HookCancelled(LlmspellError):
         self.point = point
         self.reason = reason
         self.hook = hook
+
+
+class Cancelled(LlmspellError):
+    """The work was cancelled by its owner; `reason` says why (a user, a budget, a deadline)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"cancelled: {reason}")
+        self.reason = reason
