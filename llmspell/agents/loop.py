@@ -112,11 +112,11 @@ class AgentRunner:
     async def resume(self, pending: PendingApproval, decisions: dict[str, Decision | bool], *,
                      ctx: ToolContext | None = None) -> RunResult:
         """Continue a paused run: approved calls run, rejected ones tell the model why."""
-        if self.status != _S.waiting_approval or self.pending is None \
-                or self.pending.run_id != pending.run_id:
-            self.history = list(pending.messages)  # resumed from stored state elsewhere
-            if self.status != _S.waiting_approval:
-                self.lifecycle = Lifecycle(self.spec.name, self.env.emit, _S.waiting_approval)
+        if self.pending is None or self.pending.run_id != pending.run_id:
+            if self.status not in (_S.ready, _S.waiting_approval):
+                raise AgentBusy(f"agent {self.spec.name!r} cannot resume a run while "
+                                f"{self.status}")
+            self.restore(pending.messages, pending)  # resumed from stored state elsewhere
         missing = [c for c in pending.approvals_needed if c not in decisions]
         if missing:
             raise ValueError(f"run {pending.run_id}: no decision for call(s) {', '.join(missing)}")
@@ -145,6 +145,13 @@ class AgentRunner:
 
         return await self._guarded(run, body, {"agent": self.spec.name, "resume": pending.run_id,
                                                "run_id": run.run_id})
+
+    def restore(self, history: list[Message], pending: PendingApproval | None) -> None:
+        """Take back a conversation (and a paused run) saved before a restart."""
+        self.history = list(history)
+        self.pending = pending
+        if pending is not None:
+            self.lifecycle = Lifecycle(self.spec.name, self.env.emit, _S.waiting_approval)
 
     def reset(self) -> None:
         """Forget the conversation (a new session)."""

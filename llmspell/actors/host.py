@@ -1,0 +1,313 @@
+"""The agent host: many logical agents in one process, each with its own mailbox.
+
+Plain Python (the Ray shell is `AgentHost` in agent_actor.py). An agent actor costs ~90 MB and a
+quarter second to start; a logical agent costs a runner and a mailbox, so a job of 1,000 agents
+fits on a laptop. Each agent's mailbox has one consumer: one writer per conversation, so
+concurrent requests to one agent are serialised, never interleaved.
+
+Messages between agents of one host never cross Ray: `ask_local` numbers them per sender and
+recipient, puts them in the recipient's mailbox (order check, dedupe, capacity) and publishes
+an event for each, like any other message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from llmspell.agents.env import AgentEnv
+from llmspell.agents.loop import AgentRunner, Decision
+from llmspell.agents.result import PendingApproval, RunResult
+from llmspell.agents.spec import AgentSpec
+from llmspell.llm.types import Message
+from llmspell.runtime.cancel import CancelToken
+from llmspell.runtime.errors import LlmspellError, MailboxClosed
+from llmspell.runtime.mailbox import Mailbox
+from llmspell.runtime.messages import Envelope, Kind
+from llmspell.tools.agent_tool import AgentTool
+from llmspell.tools.context import ToolContext
+
+__all__ = ["APPROVAL_KEY", "AgentSlot", "HostCore", "LocalAgent", "UnknownAgent"]
+
+APPROVAL_KEY = "job:approvals:{run_id}"
+Emit = Callable[[str, dict[str, Any]], None]
+
+
+class UnknownAgent(LlmspellError):
+    def __init__(self, host: str, name: str, known: list[str]) -> None:
+        super().__init__(f"host {host!r} has no agent {name!r} (it has: "
+                         f"{', '.join(known[:20]) or 'none'})")
+        self.name = name
+
+
+class RemoteCaller(Protocol):
+    """How a host reaches an agent on another host (an actor ask)."""
+
+    async def __call__(self, host: str, type: str, payload: dict[str, Any],
+                       timeout: float | None) -> Any: ...
+
+
+@dataclass
+class AgentSlot:
+    runner: AgentRunner
+    mailbox: Mailbox
+    consumer: asyncio.Task[None] | None = None
+    runs: dict[str, CancelToken] = field(default_factory=dict)
+    streams: dict[str, int] = field(default_factory=dict)  # local senders' next seq
+
+    @property
+    def name(self) -> str:
+        return self.runner.spec.name
+
+
+class HostCore:
+    def __init__(self, address: str, env: AgentEnv, *, mailbox_capacity: int = 1_000,
+                 directory: Mapping[str, str] | None = None,
+                 remote: RemoteCaller | None = None, gap_timeout: float = 5.0) -> None:
+        self.address = address
+        self.env = env
+        self.capacity = mailbox_capacity
+        self.gap_timeout = gap_timeout
+        self.directory = dict(directory or {})  # agent name -> host address, for other hosts
+        self.remote = remote
+        self.slots: dict[str, AgentSlot] = {}
+        self.local_messages = 0
+        self._ids = itertools.count(1)
+        self._declared: set[str] = set()
+
+    # -- agents -------------------------------------------------------------------------------
+
+    def add_all(self, specs: list[AgentSpec]) -> None:
+        """Add agents that may name each other as tools, in any order."""
+        self._declared.update(s.name for s in specs)
+        for spec in specs:
+            self.add(spec)
+
+    def add(self, spec: AgentSpec, history: list[Message] | None = None) -> AgentSlot:
+        if spec.name in self.slots:
+            raise ValueError(f"host {self.address!r} already has an agent {spec.name!r}")
+        self._agent_tools(spec)
+        slot = AgentSlot(AgentRunner(spec, self.env, history=history),
+                         Mailbox(f"{self.address}#{spec.name}", capacity=self.capacity,
+                                 gap_timeout=self.gap_timeout))
+        self.slots[spec.name] = slot
+        return slot
+
+    def _agent_tools(self, spec: AgentSpec) -> None:
+        """Agents named among a spec's tools become AgentTools: local or on another host."""
+        for name in spec.tools:
+            if name in self.env.tools:
+                continue
+            if name in self.slots or name in self._declared or name in self.directory:
+                self.env.tools.register(AgentTool(self.runnable(name)))
+
+    def runnable(self, name: str) -> LocalAgent | RemoteAgent:
+        if name in self.slots or name in self._declared:
+            return LocalAgent(self, name)
+        if name in self.directory and self.remote is not None:
+            return RemoteAgent(self.remote, self.directory[name], name)
+        raise UnknownAgent(self.address, name, sorted(self.slots))
+
+    def slot(self, name: Any) -> AgentSlot:
+        slot = self.slots.get(str(name))
+        if slot is None:
+            raise UnknownAgent(self.address, str(name), sorted(self.slots))
+        return slot
+
+    # -- messages -----------------------------------------------------------------------------
+
+    async def route(self, env: Envelope) -> Any:
+        """A message from outside the host (already ordered by the host's own mailbox)."""
+        payload = env.payload if isinstance(env.payload, dict) else {}
+        if env.type == "agent.cancel":
+            return self.cancel(str(payload.get("run_id", "")), str(payload.get("reason", "")))
+        name = payload.get("agent")
+        if name is None and len(self.slots) == 1:
+            name = next(iter(self.slots))
+        slot = self.slot(name)
+        inner = Envelope(type=env.type, payload=payload, kind=Kind.ASK, sender=env.sender,
+                         recipient=slot.mailbox.owner, job_id=env.job_id, id=env.id,
+                         idempotency_key=env.idempotency_key, deadline=env.deadline)
+        return await self._through(slot, inner, external=True)
+
+    async def ask_local(self, sender: str, target: str, type: str, payload: dict[str, Any]
+                        ) -> Any:
+        """A message from one agent of this host to another: no Ray, the same mailbox path."""
+        slot = self.slot(target)
+        seq = slot.streams.get(sender, 0) + 1
+        slot.streams[sender] = seq
+        env = Envelope(type=type, payload=payload, kind=Kind.ASK, sender=sender,
+                       recipient=slot.mailbox.owner, job_id=self.env.job_id,
+                       stream=f"{sender}>{target}", seq=seq)
+        self.local_messages += 1
+        self.env.publish("agent.message", {"from": sender, "to": target, "type": type,
+                                           "seq": seq})
+        return await self._through(slot, env, external=False)
+
+    async def _through(self, slot: AgentSlot, env: Envelope, *, external: bool) -> Any:
+        if slot.consumer is None:
+            slot.consumer = asyncio.get_running_loop().create_task(
+                self._consume(slot), name=f"{slot.mailbox.owner}:consumer")
+        reply: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        await slot.mailbox.put(env, reply)
+        result = await reply
+        if external and isinstance(result, RunResult):
+            return result.model_dump(mode="json")
+        return result
+
+    async def _consume(self, slot: AgentSlot) -> None:
+        while True:
+            try:
+                env, reply = await slot.mailbox.get()
+            except MailboxClosed:
+                return
+            try:
+                result = await self._handle(slot, env)
+            except Exception as exc:  # the message fails, the agent lives on
+                if reply is not None and not reply.done():
+                    reply.set_exception(exc)
+            else:
+                if reply is not None and not reply.done():
+                    reply.set_result(result)
+
+    async def _handle(self, slot: AgentSlot, env: Envelope) -> Any:
+        p = env.payload if isinstance(env.payload, dict) else {}
+        runner = slot.runner
+        match env.type:
+            case "agent.run":
+                return await self._run(slot, p)
+            case "agent.resume":
+                return await self._resume(slot, p)
+            case "agent.ping":
+                return p.get("data")
+            case "agent.status":
+                return {"agent": slot.name, "status": str(runner.status), "runs": runner.runs,
+                        "usage": runner.usage.model_dump(), "cost_usd": runner.cost_usd,
+                        "queued": len(slot.mailbox), "history": len(runner.history)}
+            case "agent.history":
+                return [m.model_dump(mode="json") for m in runner.history]
+            case "agent.reset":
+                runner.reset()
+                return True
+        raise ValueError(f"agent {slot.name!r} does not handle {env.type!r}")
+
+    async def _run(self, slot: AgentSlot, p: dict[str, Any]) -> RunResult:
+        token = CancelToken()
+        ctx = None
+        if p.get("ctx"):
+            ctx = ToolContext.from_wire(p["ctx"], state=self.env.state, emit=self.env.emit,
+                                        cancel=token)
+        run_id = str(p.get("run_id") or f"{slot.name}-{next(self._ids)}-{id(token):x}")
+        slot.runs[run_id] = token
+        try:
+            result = await slot.runner.run(str(p.get("input", "")), inputs=p.get("inputs"),
+                                           ctx=ctx, run_id=run_id)
+        finally:
+            slot.runs.pop(run_id, None)
+        if result.pending is not None:
+            await self._store_pending(result.pending)
+        return result
+
+    async def _resume(self, slot: AgentSlot, p: dict[str, Any]) -> RunResult:
+        run_id = str(p.get("run_id", ""))
+        pending = slot.runner.pending
+        if pending is None or pending.run_id != run_id:
+            stored = await self.env.state.get(APPROVAL_KEY.format(run_id=run_id)) \
+                if self.env.state is not None else None
+            if stored is None:
+                raise ValueError(f"agent {slot.name!r} has no paused run {run_id!r}")
+            pending = PendingApproval.model_validate(stored)
+        decisions: dict[str, Decision | bool] = {
+            k: Decision(bool(v.get("approved")), str(v.get("reason", "")))
+            if isinstance(v, dict) else Decision(bool(v))
+            for k, v in dict(p.get("decisions") or {}).items()}
+        result = await slot.runner.resume(pending, decisions)
+        if self.env.state is not None:
+            await self.env.state.set(APPROVAL_KEY.format(run_id=run_id), None)
+        return result
+
+    async def _store_pending(self, pending: PendingApproval) -> None:
+        if self.env.state is not None:
+            await self.env.state.set(APPROVAL_KEY.format(run_id=pending.run_id),
+                                     pending.model_dump(mode="json"))
+
+    def cancel(self, run_id: str, reason: str = "") -> bool:
+        for slot in self.slots.values():
+            token = slot.runs.get(run_id)
+            if token is not None:
+                token.cancel(reason or "cancelled by its caller")
+                return True
+        return False
+
+    def cancel_all(self, reason: str) -> int:
+        tokens = [t for s in self.slots.values() for t in s.runs.values()]
+        for token in tokens:
+            token.cancel(reason)
+        return len(tokens)
+
+    # -- snapshots and shutdown ---------------------------------------------------------------
+
+    def snapshot(self) -> dict[str, Any]:
+        return {name: {
+            "history": [m.model_dump(mode="json") for m in s.runner.history],
+            "pending": s.runner.pending.model_dump(mode="json") if s.runner.pending else None,
+        } for name, s in self.slots.items()}
+
+    def restore(self, snapshot: dict[str, Any]) -> None:
+        for name, saved in (snapshot or {}).items():
+            slot = self.slots.get(name)
+            if slot is None:
+                continue
+            pending = saved.get("pending")
+            slot.runner.restore([Message.model_validate(m) for m in saved.get("history", [])],
+                                PendingApproval.model_validate(pending) if pending else None)
+
+    async def close(self, reason: str = "the host stopped") -> None:
+        self.cancel_all(reason)
+        for slot in self.slots.values():
+            slot.mailbox.close(reason)
+        tasks = [s.consumer for s in self.slots.values() if s.consumer is not None]
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+class LocalAgent:
+    """An agent of this host, as something an AgentTool can call (through its mailbox)."""
+
+    def __init__(self, core: HostCore, name: str) -> None:
+        self.core = core
+        self.name = name
+
+    @property
+    def description(self) -> str:
+        slot = self.core.slots.get(self.name)
+        return slot.runner.spec.description if slot else ""
+
+    async def run(self, input: str, *, ctx: ToolContext | None = None) -> RunResult:
+        sender = ctx.chain[-2] if ctx is not None and len(ctx.chain) > 1 else "host"
+        payload: dict[str, Any] = {"input": input}
+        if ctx is not None:
+            payload["ctx"] = ctx.to_wire()
+        result: RunResult = await self.core.ask_local(sender, self.name, "agent.run", payload)
+        return result
+
+
+class RemoteAgent:
+    """An agent on another host, reached by an actor ask."""
+
+    def __init__(self, call: RemoteCaller, host: str, name: str, description: str = "",
+                 timeout: float | None = 600.0) -> None:
+        self.call = call
+        self.host = host
+        self.name = name
+        self.description = description
+        self.timeout = timeout
+
+    async def run(self, input: str, *, ctx: ToolContext | None = None) -> RunResult:
+        payload: dict[str, Any] = {"agent": self.name, "input": input}
+        if ctx is not None:
+            payload["ctx"] = ctx.to_wire()
+        reply = await self.call(self.host, "agent.run", payload, self.timeout)
+        return RunResult.model_validate(reply)

@@ -1,0 +1,150 @@
+"""Agents in actors against the local LLM server, through the real SDKs."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from llmspell import Runtime
+from llmspell.actors.agent_actor import HostSetup, spawn_agent, spawn_host
+from llmspell.agents import AgentSpec, RunResult, RunStatus
+from llmspell.llm.server import LocalLLMServer
+from llmspell.runtime.events import Event
+from tests.integration.agent_tools import get_weather, transfer, whoami
+
+pytestmark = pytest.mark.ray
+
+SCENARIO = {"rules": [
+    {"match": {"contains": "weather", "after_tool_result": False},
+     "reply": {"tool_calls": [{"name": "get_weather", "arguments": {"city": "Paris"}},
+                              {"name": "whoami", "arguments": {}}]}},
+    {"match": {"contains": "weather", "after_tool_result": True},
+     "reply": "It is sunny in Paris."},
+    {"match": {"contains": "research", "tools": ["researcher"], "after_tool_result": False},
+     "reply": {"tool_calls": [{"name": "researcher", "arguments": {"input": "weather please"}}]}},
+    {"match": {"contains": "research", "after_tool_result": True},
+     "reply": "The researcher says: sunny."},
+    {"match": {"contains": "pay", "after_tool_result": False},
+     "reply": {"tool_calls": [{"name": "transfer",
+                               "arguments": {"amount": 7, "path": "__PATH__"}}]}},
+    {"match": {"contains": "pay", "after_tool_result": True}, "reply": "Payment done."},
+]}
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[LocalLLMServer]:
+    with LocalLLMServer(SCENARIO) as s:
+        yield s
+
+
+def providers(server: LocalLLMServer) -> dict[str, Any]:
+    return {"openai": {"base_url": server.openai_base_url, "api_key": "sk-test"},
+            "anthropic": {"base_url": server.anthropic_base_url, "api_key": "sk-ant-test"}}
+
+
+@pytest.mark.parametrize("model", ["openai:gpt-test", "anthropic:claude-test"])
+async def test_agent_calls_two_tools_in_parallel_through_the_real_sdk(
+        runtime: Runtime, job_id: str, server: LocalLLMServer, model: str) -> None:
+    agent = spawn_agent(runtime, {"name": "weather", "model": model,
+                                  "tools": ["get_weather", "whoami"]},
+                        job_id=job_id, tools=[get_weather, whoami], providers=providers(server))
+    result = await agent.run("what is the weather?", timeout=60)
+    assert result.status == RunStatus.completed and result.output == "It is sunny in Paris."
+    assert result.turns == 2 and result.usage.input_tokens > 0
+    tool_results = [p for m in result.messages for p in m.parts if p.kind == "tool_result"]
+    assert sorted(r.content for r in tool_results)[1] == "sunny in Paris"
+    assert int(sorted(r.content for r in tool_results)[0]) != os.getpid()  # ran in the actor
+
+
+async def test_concurrent_requests_to_one_agent_never_interleave(
+        runtime: Runtime, job_id: str, server: LocalLLMServer) -> None:
+    agent = spawn_agent(runtime, {"name": "chat", "model": "openai:m"}, job_id=job_id,
+                        providers=providers(server))
+    results = await asyncio.gather(*(agent.run(f"message {i}", timeout=60) for i in range(20)))
+    assert all(r.ok for r in results)
+    history = await agent.history()
+    assert len(history) == 40
+    for user, reply in zip(history[::2], history[1::2], strict=True):
+        text = user["parts"][0]["text"]
+        assert reply["role"] == "assistant" and reply["parts"][0]["text"] == f"echo: {text}"
+
+
+async def test_sub_agent_tool_events_reach_the_callers_stream_with_their_branch(
+        runtime: Runtime, job_id: str, server: LocalLLMServer) -> None:
+    specs = [AgentSpec(name="manager", model="openai:m", tools=["researcher"]),
+             AgentSpec(name="researcher", model="openai:m", tools=["get_weather", "whoami"],
+                       description="Finds facts.")]
+    manager, _ = spawn_host(runtime, "host", HostSetup(specs, tools=[get_weather, whoami],
+                                                       providers=providers(server)),
+                            job_id=job_id)
+    seen: list[Event] = []
+    final: RunResult | None = None
+    async for item in manager.stream("do some research"):
+        if isinstance(item, RunResult):
+            final = item
+        else:
+            seen.append(item)
+    assert final is not None and final.output == "The researcher says: sunny."
+    tools = [(e.payload["branch"], e.payload["tool"]) for e in seen
+             if e.topic == "agent.tool.result"]
+    assert ("manager/researcher", "get_weather") in tools
+    assert ("manager", "researcher") in tools
+    assert any(e.topic == "agent.llm.delta" and e.payload["branch"] == "manager/researcher"
+               for e in seen)
+    stats = await runtime.ask(f"{job_id}/host", "host.stats")
+    assert stats["local_messages"] == 1  # manager -> researcher stayed inside the host
+
+
+async def test_delegation_to_an_agent_on_another_host(
+        runtime: Runtime, job_id: str, server: LocalLLMServer) -> None:
+    [researcher] = spawn_host(runtime, "h2", HostSetup(
+        [AgentSpec(name="researcher", model="openai:m", tools=["get_weather", "whoami"])],
+        tools=[get_weather, whoami], providers=providers(server)), job_id=job_id)
+    [manager] = spawn_host(runtime, "h1", HostSetup(
+        [AgentSpec(name="manager", model="openai:m", tools=["researcher"])],
+        directory={"researcher": researcher.host}, providers=providers(server)), job_id=job_id)
+    result = await manager.run("research this", timeout=60)
+    assert result.ok and result.output == "The researcher says: sunny."
+
+
+async def test_an_approval_paused_run_is_resumed_by_another_process(
+        runtime: Runtime, job_id: str, tmp_path: Path) -> None:
+    effects = tmp_path / "effects.txt"
+    scenario = json.loads(json.dumps(SCENARIO).replace("__PATH__", str(effects)))
+    with LocalLLMServer(scenario) as server:
+        agent = spawn_agent(runtime, {"name": "payer", "model": "openai:m",
+                                      "tools": ["transfer"]},
+                            job_id=job_id, tools=[transfer], providers=providers(server))
+        paused = await agent.run("pay the bill", timeout=60)
+        assert paused.status == RunStatus.paused and paused.pending is not None
+        assert not effects.exists()
+        script = textwrap.dedent(f"""
+            import asyncio, json
+            from llmspell import Runtime
+            from llmspell.actors.agent_actor import AgentHandle
+            async def main():
+                rt = Runtime({runtime.gcs_address!r}, job_id={job_id!r},
+                             namespace={runtime.settings.namespace!r})
+                rt.start()
+                agent = AgentHandle(rt, {agent.host!r}, "payer")
+                decisions = {{{paused.pending.approvals_needed[0]!r}: True}}
+                result = await agent.resume({paused.run_id!r}, decisions)
+                print(json.dumps({{"status": result.status, "output": result.output}}))
+            asyncio.run(main())
+        """)
+        done = await asyncio.to_thread(
+            subprocess.run, [sys.executable, "-c", script], capture_output=True, text=True,
+            timeout=120, cwd=Path(__file__).parents[2])
+        assert done.returncode == 0, done.stderr[-2000:]
+        outcome = json.loads(done.stdout.strip().splitlines()[-1])
+        assert outcome == {"status": "completed", "output": "Payment done."}
+        assert effects.read_text() == "transfer 7\n"  # ran once, after the approval
