@@ -344,3 +344,20 @@ def test_bad_specs_name_the_field() -> None:
 
 def _env_with(*tools: Any) -> AgentEnv:
     return AgentEnv(tools=ToolRegistry(tools))
+
+
+async def test_templates_give_instructions_tools_and_overrides() -> None:
+    from llmspell.agents import TEMPLATES, from_template
+
+    assert set(TEMPLATES) == {"chat", "research", "code", "data", "planner", "orchestrator"}
+    plan = '{"goal": "ship", "steps": [{"id": 1, "task": "build"}, {"id": 2, "task": "test"}]}'
+    w = World(plan)
+    planner = Agent(from_template("planner", model="scripted:m", stream=False), env=w.env)
+    result = await planner.run("plan a release")
+    assert result.ok and [s["task"] for s in result.output["steps"]] == ["build", "test"]
+    spec = from_template("data", name="analyst", extra_tools=["add"])
+    assert spec.name == "analyst" and spec.tools[-1] == "add" and "csv_analyze" in spec.tools
+    with pytest.raises(ToolNotFound, match="csv_analyze"):
+        _ = Agent(spec, env=_env_with(add)).runner  # the job lacks a default tool: said at once
+    with pytest.raises(ValueError, match="unknown agent template 'reserch'"):
+        from_template("reserch")
