@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from typing import Any, Literal
 
@@ -94,10 +95,17 @@ class AgentSpec(BaseModel):
         return self.model if isinstance(self.model, ModelConfig) else ModelConfig(model=self.model)
 
 
+@functools.lru_cache(maxsize=1024)
+def _compiled(source: str) -> jinja2.Template:
+    return _templates.from_string(source)  # compiling costs more than a model call's overhead
+
+
 def render_instructions(spec: AgentSpec, inputs: dict[str, Any], state: dict[str, Any]) -> str:
     """The system prompt: the instructions template over the run's inputs and job state."""
+    if "{" not in spec.instructions:
+        return spec.instructions
     try:
-        text: str = _templates.from_string(spec.instructions).render(
+        text: str = _compiled(spec.instructions).render(
             inputs=inputs, state=state, agent=spec.name, **inputs)
         return text
     except jinja2.UndefinedError as exc:
