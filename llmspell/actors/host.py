@@ -124,6 +124,10 @@ class HostCore:
         payload = env.payload if isinstance(env.payload, dict) else {}
         if env.type == "agent.cancel":
             return self.cancel(str(payload.get("run_id", "")), str(payload.get("reason", "")))
+        if env.type in ("agent.pause", "agent.unpause"):  # not queued behind a long run
+            runner = self.slot(payload.get("agent")).runner
+            runner.pause() if env.type == "agent.pause" else runner.unpause()
+            return str(runner.status)
         name = payload.get("agent")
         if name is None and len(self.slots) == 1:
             name = next(iter(self.slots))

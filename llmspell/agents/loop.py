@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Coroutine
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -33,6 +34,7 @@ from llmspell.agents.spec import AgentSpec, SpecError, render_instructions
 from llmspell.llm.client import LLM
 from llmspell.llm.errors import LLMError
 from llmspell.llm.types import Message, OutputSchema, Response, ToolCall, ToolSpec, Usage
+from llmspell.runtime.cancel import CancelToken
 from llmspell.runtime.errors import Cancelled, HookCancelled, LlmspellError
 from llmspell.runtime.hooks import HookContext, HookPoint
 from llmspell.runtime.messages import new_id
@@ -153,6 +155,17 @@ class AgentRunner:
         if pending is not None:
             self.lifecycle = Lifecycle(self.spec.name, self.env.emit, _S.waiting_approval)
 
+    def pause(self, reason: str = "paused") -> None:
+        """Take no new runs until `unpause` (a supervisor's hold; a running run finishes)."""
+        self.lifecycle.to(_S.paused, reason)
+
+    def unpause(self) -> None:
+        self.lifecycle.to(_S.ready, "unpaused")
+
+    def stop(self, reason: str = "stopped") -> None:
+        if self.status != _S.stopped:
+            self.lifecycle.to(_S.stopped, reason)
+
     def reset(self) -> None:
         """Forget the conversation (a new session)."""
         self.history.clear()
@@ -256,9 +269,10 @@ class AgentRunner:
         model = self.spec.model_config_ if self.spec.model_config_.model else self.model
         self._publish(run, "agent.turn", {"turn": run.turn})
         if self.spec.stream:
-            response = await self._streamed(run, model, messages, options)
+            call = self._streamed(run, model, messages, options)
         else:
-            response = await run.llm.complete(model, messages, **options)
+            call = run.llm.complete(model, messages, **options)
+        response = await _until_cancelled(call, run.ctx.cancel)
         run.usage = run.usage + response.usage
         run.cost_usd += response.cost_usd or 0.0
         return response
@@ -453,6 +467,22 @@ class AgentRunner:
         if self.spec.memory.kind == "window":
             return window(self.history, self.spec.memory.max_messages)
         return self.history
+
+
+async def _until_cancelled(call: Coroutine[Any, Any, Response], token: CancelToken) -> Response:
+    """Await a model call, abandoning it as soon as the run is cancelled (a cancelled run starts
+    no further work and does not wait for a slow answer it will not use)."""
+    task = asyncio.ensure_future(call)
+    stop = asyncio.ensure_future(token.wait())
+    try:
+        await asyncio.wait({task, stop}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stop.cancel()
+    if task.done():
+        return task.result()
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    raise Cancelled(token.reason or "cancelled")
 
 
 def _call_ctx(run: _Run, call: ToolCall) -> ToolContext:

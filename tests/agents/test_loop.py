@@ -361,3 +361,46 @@ async def test_templates_give_instructions_tools_and_overrides() -> None:
         _ = Agent(spec, env=_env_with(add)).runner  # the job lacks a default tool: said at once
     with pytest.raises(ValueError, match="unknown agent template 'reserch'"):
         from_template("reserch")
+
+
+class SlowModel:
+    """A model that takes 30 s to answer (an external service having a bad day)."""
+
+    name = "slow"
+
+    def count_tokens(self, messages: Any, model: str) -> int:
+        return 1
+
+    async def complete(self, request: LLMRequest) -> Any:
+        await asyncio.sleep(30)
+        raise AssertionError("the call should have been abandoned")
+
+    async def stream(self, request: LLMRequest) -> Any:
+        await asyncio.sleep(30)
+        yield None
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_cancel_abandons_the_model_call_at_once(stream: bool) -> None:
+    from llmspell.runtime.cancel import CancelToken
+
+    w = World()
+    w.env.providers.register("slow", SlowModel())  # type: ignore[arg-type]
+    token = CancelToken()
+    agent = w.agent(model="slow:m", stream=stream)
+    task = asyncio.create_task(agent.run("hi", ctx=ToolContext(chain=("a",), cancel=token)))
+    await asyncio.sleep(0.1)
+    token.cancel("the user pressed stop")
+    result = await asyncio.wait_for(task, 1.0)  # the promise: well under a second
+    assert result.status == RunStatus.cancelled and result.reason == "the user pressed stop"
+    assert agent.runner.status == AgentStatus.ready
+
+
+async def test_a_paused_agent_takes_no_runs_until_unpaused() -> None:
+    w = World("ok")
+    agent = w.agent()
+    agent.runner.pause("supervisor hold")
+    with pytest.raises(AgentBusy, match="while paused"):
+        await agent.run("hi")
+    agent.runner.unpause()
+    assert (await agent.run("hi")).ok
