@@ -447,7 +447,12 @@ class AgentRunner:
             self._publish(run, "agent.memory.summarized", {"replaced_messages": dropped})
 
     async def _state_view(self) -> dict[str, Any]:
-        return {}
+        """The state keys the instructions read, by their last name (job:plan -> plan)."""
+        keys = self.spec.state_keys
+        if not keys or self.env.state is None:
+            return {}
+        values = await asyncio.gather(*(self.env.state.get(k) for k in keys))
+        return {k.rsplit(":", 1)[-1]: v for k, v in zip(keys, values, strict=True)}
 
     # -- results and events -------------------------------------------------------------------
 

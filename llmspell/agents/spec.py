@@ -54,6 +54,10 @@ class AgentSpec(BaseModel):
     temperature: float | None = None
     tool_choice: str = "auto"
     template: str | None = None  # the template it was made from, if any
+    state_keys: list[str] = Field(
+        default_factory=list,
+        description="scoped state keys (job:plan, app:style) the instructions read as "
+                    "{{ state.plan }}; read at the start of every turn")
 
     @field_validator("name")
     @classmethod
@@ -81,6 +85,15 @@ class AgentSpec(BaseModel):
                 jsonschema.Draft202012Validator.check_schema(value)
             except jsonschema.SchemaError as exc:
                 raise ValueError(f"not a valid JSON schema: {exc.message}") from None
+        return value
+
+    @field_validator("state_keys")
+    @classmethod
+    def _scoped(cls, value: list[str]) -> list[str]:
+        for key in value:
+            if key.split(":", 1)[0] not in ("app", "job", "agent", "temp") or ":" not in key:
+                raise ValueError(f"{key!r}: a state key starts with its scope (app:, job:, "
+                                 "agent:<name>:, temp:)")
         return value
 
     @model_validator(mode="after")
