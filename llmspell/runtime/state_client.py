@@ -156,3 +156,31 @@ class StateService:
 
     async def ping(self) -> str:
         return "state"
+
+
+class LocalState:
+    """The same API as StateClient over a StateStore in this process: for agents and patterns
+    run without Ray (tests, scripts, a single-process job)."""
+
+    def __init__(self, store: StateStore, *, job_id: str | None) -> None:
+        self.store = store
+        self.job_id = job_id
+
+    async def get(self, key: str) -> Any:
+        return await self.store.get(key, job_id=self.job_id)
+
+    async def get_versioned(self, key: str) -> Versioned | None:
+        return await self.store.get_versioned(key, job_id=self.job_id)
+
+    async def set(self, key: str, value: Any, *, expected_version: Any = ANY) -> int:
+        return await self.store.set(key, value, job_id=self.job_id,
+                                    expected_version=expected_version)
+
+    async def compare_and_set(self, key: str, value: Any, expected_version: int | None) -> int:
+        return await self.set(key, value, expected_version=expected_version)
+
+    async def delete(self, key: str, *, expected_version: Any = ANY) -> bool:
+        return await self.store.delete(key, job_id=self.job_id, expected_version=expected_version)
+
+    async def list(self, prefix: str) -> dict[str, Versioned]:
+        return await self.store.list(prefix, job_id=self.job_id)

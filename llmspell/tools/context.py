@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from llmspell.runtime.cancel import CancelToken
+from llmspell.runtime.state import ANY, Versioned
 from llmspell.tools.errors import RecursionLimit
 from llmspell.tools.sandbox import Sandbox
 
@@ -25,11 +26,21 @@ Emit = Callable[[str, dict[str, Any]], None]
 
 
 class StateAccess(Protocol):
-    """The part of the state client a tool may use."""
+    """A job's state as tools, agents and patterns use it: StateClient (through the state
+    service) and LocalState (a StateStore in this process) both are one."""
 
     async def get(self, key: str) -> Any: ...
 
-    async def set(self, key: str, value: Any) -> Any: ...
+    async def get_versioned(self, key: str) -> Versioned | None: ...
+
+    async def set(self, key: str, value: Any, *, expected_version: Any = ANY) -> int: ...
+
+    async def compare_and_set(self, key: str, value: Any, expected_version: int | None
+                              ) -> int: ...
+
+    async def delete(self, key: str, *, expected_version: Any = ANY) -> bool: ...
+
+    async def list(self, prefix: str) -> dict[str, Versioned]: ...
 
 
 @dataclass

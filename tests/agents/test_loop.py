@@ -408,19 +408,12 @@ async def test_a_paused_agent_takes_no_runs_until_unpaused() -> None:
 
 async def test_instructions_read_the_state_keys_they_name(tmp_path: Any) -> None:
     from llmspell.runtime.state import SQLiteBackend, StateStore
+    from llmspell.runtime.state_client import LocalState
 
     store = StateStore(SQLiteBackend(str(tmp_path / "state.db")))
     await store.set("job:plan", "three steps", job_id="j1")
-
-    class JobState:  # the agent's view of one job's state, as the state client gives it
-        async def get(self, key: str) -> Any:
-            return await store.get(key, job_id="j1")
-
-        async def set(self, key: str, value: Any) -> Any:
-            return await store.set(key, value, job_id="j1")
-
     w = World("ok")
-    w.env.state = JobState()
+    w.env.state = LocalState(store, job_id="j1")
     await w.agent(instructions="Follow the plan: {{ state.plan }}.",
                   state_keys=["job:plan"]).run("go")
     assert w.provider.requests[0].messages[0].text == "Follow the plan: three steps."
