@@ -24,6 +24,7 @@ from llmspell.runtime.messages import Envelope, new_id
 from llmspell.runtime.runtime import ActorRef, Runtime
 from llmspell.tools.agent_tool import AgentTool
 from llmspell.tools.base import Tool
+from llmspell.tools.context import ToolContext
 from llmspell.tools.executor import RoutedExecutor, ToolExecutor
 from llmspell.tools.registry import ToolRegistry
 from llmspell.tools.registry import default_registry as default_tools
@@ -130,10 +131,16 @@ class AgentHandle:
         return self.runtime.lookup(self.host)
 
     async def run(self, input: str, *, inputs: dict[str, Any] | None = None,
-                  run_id: str | None = None, timeout: float | None = 600.0) -> RunResult:
-        reply = await self.runtime.ask(self.host, "agent.run", {
-            "agent": self.name, "input": input, "inputs": inputs, "run_id": run_id,
-        }, timeout=timeout)
+                  ctx: ToolContext | None = None, run_id: str | None = None,
+                  timeout: float | None = 600.0) -> RunResult:
+        """Run the agent on `input`. With `ctx` (a caller's context, e.g. a workflow step) the
+        run joins its call chain, so its events carry the caller's branch."""
+        payload: dict[str, Any] = {"agent": self.name, "input": input, "inputs": inputs,
+                                   "run_id": run_id}
+        if ctx is not None:
+            payload["ctx"] = ctx.for_callee(self.name).to_wire()
+            timeout = _sooner(timeout, ctx.remaining())
+        reply = await self.runtime.ask(self.host, "agent.run", payload, timeout=timeout)
         return RunResult.model_validate(reply)
 
     async def resume(self, run_id: str, decisions: dict[str, bool | dict[str, Any]], *,
@@ -188,6 +195,10 @@ class AgentHandle:
 
         remote = RemoteAgent(call, self.host, self.name, self.description)
         return AgentTool(remote, name=name, description=description)
+
+
+def _sooner(a: float | None, b: float | None) -> float | None:
+    return b if a is None else (a if b is None else min(a, b))
 
 
 def _below(event: Event, agent: str) -> bool:

@@ -203,7 +203,7 @@ class HostCore:
         ctx = None
         if p.get("ctx"):
             ctx = ToolContext.from_wire(p["ctx"], state=self.env.state, emit=self.env.emit,
-                                        cancel=token)
+                                        hooks=self.env.hooks, cancel=token)
         run_id = str(p.get("run_id") or f"{slot.name}-{next(self._ids)}-{id(token):x}")
         slot.runs[run_id] = token
         try:

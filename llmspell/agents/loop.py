@@ -187,9 +187,9 @@ class AgentRunner:
         if ctx is None:
             ctx = ToolContext(job_id=self.env.job_id, chain=(self.spec.name,),
                               sandbox=self.env.sandbox, state=self.env.state, emit=self.env.emit,
-                              max_depth=self.env.max_depth)
-        elif not ctx.chain or ctx.chain[-1] != self.spec.name:
-            ctx = ctx.enter(self.spec.name)
+                              max_depth=self.env.max_depth, hooks=self.env.hooks)
+        else:
+            ctx = ctx.for_callee(self.spec.name)
         tags = {"agent": self.spec.name, "run_id": run_id, "branch": ctx.branch}
         return _Run(run_id=run_id, ctx=ctx, llm=self.env.llm(self.spec.name, tags),
                     inputs=inputs, tags=tags)

@@ -57,6 +57,7 @@ class RunResult(BaseModel):
     pending: PendingApproval | None = None
     run_id: str = ""
     messages: list[Message] = Field(default_factory=list)  # what this run added
+    children: list[RunResult] = Field(default_factory=list)  # a pattern's steps or branches
 
     @property
     def ok(self) -> bool:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from llmspell.runtime.cancel import CancelToken
+from llmspell.runtime.hooks import HookRegistry
 from llmspell.runtime.state import ANY, Versioned
 from llmspell.tools.errors import RecursionLimit
 from llmspell.tools.sandbox import Sandbox
@@ -55,6 +56,7 @@ class ToolContext:
     cancel: CancelToken = field(default_factory=CancelToken)
     deadline: float | None = None  # time.monotonic() in this process
     max_depth: int = DEFAULT_MAX_DEPTH
+    hooks: HookRegistry | None = None  # patterns run workflow_step / delegation hooks here
 
     @property
     def branch(self) -> str:
@@ -79,6 +81,11 @@ class ToolContext:
                                                       f"limit of {self.max_depth}")
         return replace(self, chain=tuple(chain), cancel=self.cancel.child())
 
+    def for_callee(self, name: str) -> ToolContext:
+        """The context `name` runs in: this one if the caller already entered it (the chain ends
+        with `name`), else one level down."""
+        return self if self.chain and self.chain[-1] == name else self.enter(name)
+
     def to_wire(self) -> dict[str, Any]:
         return {
             "job_id": self.job_id, "chain": list(self.chain), "call_id": self.call_id,
@@ -89,7 +96,8 @@ class ToolContext:
 
     @classmethod
     def from_wire(cls, data: dict[str, Any], *, state: StateAccess | None = None,
-                  emit: Emit | None = None, cancel: CancelToken | None = None) -> ToolContext:
+                  emit: Emit | None = None, cancel: CancelToken | None = None,
+                  hooks: HookRegistry | None = None) -> ToolContext:
         remaining = data.get("remaining")
         return cls(
             job_id=str(data.get("job_id", "")), chain=tuple(data.get("chain") or ()),
@@ -97,5 +105,5 @@ class ToolContext:
             sandbox=Sandbox.model_validate(data.get("sandbox") or {}), state=state, emit=emit,
             cancel=cancel or CancelToken(),
             deadline=None if remaining is None else time.monotonic() + float(remaining),
-            max_depth=int(data.get("max_depth", DEFAULT_MAX_DEPTH)),
+            max_depth=int(data.get("max_depth", DEFAULT_MAX_DEPTH)), hooks=hooks,
         )
