@@ -128,7 +128,10 @@ class ActorBase:
             await asyncio.shield(self._started)
 
     async def _start(self) -> None:
-        restarted = ray.get_runtime_context().was_current_actor_reconstructed
+        # A replacement started by a supervisor (a fresh actor under the old name) restores the
+        # last snapshot just as a process Ray restarted does.
+        restarted = (ray.get_runtime_context().was_current_actor_reconstructed
+                     or bool(self.config.extra.get("restore")))
         if restarted:
             saved = await self.state.get(self._snapshot_key())
             if isinstance(saved, dict):
@@ -271,6 +274,11 @@ class ActorBase:
             await self.publish("actor.stopped", {"reason": reason, "dead_letters": dropped})
             await self.node.close()
         return dropped
+
+    async def watch(self) -> None:
+        """Never returns while this process lives: a supervisor awaits it, and Ray fails the
+        call the moment the process dies, which is how the death is noticed at once."""
+        await asyncio.Event().wait()
 
     async def flush(self) -> None:
         """Wait until this actor's outgoing tells and events have left the process."""

@@ -347,6 +347,11 @@ class HookRegistry:
             _log.warning("hook %s failed at %s: %r", reg.name, point, exc)
         self._report("hook.failed", data)
 
+    def report(self, topic: str, data: dict[str, Any]) -> None:
+        """Publish an event through this registry's emitter (hooks report their decisions so:
+        breaker.opened, guardrail.tripped); a failing emitter is logged, never raised."""
+        self._report(topic, data)
+
     def _report(self, topic: str, data: dict[str, Any]) -> None:
         if self._emit is None:
             return

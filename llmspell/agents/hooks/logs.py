@@ -1,0 +1,110 @@
+"""The logging hook: one structured log line per model call, tool call and agent run.
+
+    LoggingHook(level="info").register(registry)
+
+Each line names the operation, the agent, the job and the duration. Arguments and answers are
+not logged (they are large, and may hold what redaction has not been told about): events carry
+content, logs carry facts. The line goes through structlog's processors, which redact secrets.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from typing import Any, Literal
+
+from llmspell.agents.hooks._common import HookResources, Op, Options, failure_kind, operation
+from llmspell.llm.types import Response
+from llmspell.runtime.hooks import HookContext, HookPoint, HookRegistry, Registration
+from llmspell.runtime.logs import get_logger, redact
+
+__all__ = ["LoggingHook", "LoggingOptions", "build"]
+
+_BEFORE = (HookPoint.before_llm_call, HookPoint.before_tool_call, HookPoint.before_agent_run)
+_AFTER = (HookPoint.after_llm_call, HookPoint.after_tool_call, HookPoint.after_agent_run)
+_FINE = frozenset({"ok", "completed", "handoff", "paused"})  # run statuses that are no failure
+
+
+class LoggingOptions(Options):
+    level: Literal["debug", "info", "warning"] = "info"
+    """The level of lines for operations that succeeded (failures are warnings)."""
+
+
+class LoggingHook:
+    """Logs every operation with its duration. An observer: it never changes anything."""
+
+    name = "logging"
+    default_priority = 1000
+
+    def __init__(self, options: LoggingOptions | None = None, /, *, logger: Any = None,
+                 **fields: Any) -> None:
+        self.options = options or LoggingOptions(**fields)
+        self.log = logger if logger is not None else get_logger(component="hooks")
+        self._started = f"llmspell.logging.{id(self)}"  # this instance's note in ctx.metadata
+
+    def register(self, registry: HookRegistry, *, priority: int | None = None
+                 ) -> list[Registration]:
+        """Before hooks run first (to time everything, even calls a later hook refuses);
+        after hooks run last (to see the result as the other hooks left it)."""
+        p = self.default_priority if priority is None else priority
+        regs = [registry.register(point, self.before, priority=p, name=self.name)
+                for point in _BEFORE]
+        regs += [registry.register(point, self.after, priority=-p, name=self.name)
+                 for point in _AFTER]
+        regs.append(registry.register(HookPoint.on_error, self.error, priority=-p,
+                                      name=self.name))
+        return regs
+
+    def before(self, ctx: HookContext) -> None:
+        ctx.metadata[self._started] = time.perf_counter()
+
+    def after(self, ctx: HookContext) -> None:
+        op = operation(ctx)
+        if op is None:
+            return
+        fields = self._fields(ctx, op)
+        status = _status(op, ctx.payload)
+        method = self.options.level if status in _FINE else "warning"
+        getattr(self.log, method)(f"{op.kind}.done", status=status, **fields,
+                                  **_details(op, ctx.payload))
+
+    def error(self, ctx: HookContext) -> None:
+        op = operation(ctx)
+        if op is None:
+            return
+        error = ctx.error
+        status = "cancelled" if failure_kind(error) == "cancelled" else "error"
+        self.log.warning(f"{op.kind}.failed", status=status, **self._fields(ctx, op),
+                         error_type=type(error).__name__,
+                         error=redact(str(error))[:500])
+
+    def _fields(self, ctx: HookContext, op: Op) -> dict[str, Any]:
+        started = ctx.metadata.get(self._started)
+        duration = None if started is None else round((time.perf_counter() - started) * 1e3, 3)
+        return {"op": op.kind, "target": op.name, "agent": op.agent, "job_id": ctx.job_id,
+                "attempt": ctx.attempt, "duration_ms": duration}
+
+
+def _status(op: Op, result: Any) -> str:
+    if op.kind == "agent":
+        return str(getattr(result, "status", "ok"))
+    if isinstance(result, Response) and result.finish_reason == "error":
+        return "error"
+    if isinstance(result, dict) and result.get("is_error") is True:
+        return "error"
+    return "ok"
+
+
+def _details(op: Op, result: Any) -> dict[str, Any]:
+    """A few numbers worth a log line: tokens and cost of a model call, turns of a run."""
+    if isinstance(result, Response):
+        return {"input_tokens": result.usage.input_tokens,
+                "output_tokens": result.usage.output_tokens, "cost_usd": result.cost_usd,
+                "finish_reason": result.finish_reason}
+    if op.kind == "agent" and hasattr(result, "turns"):
+        return {"turns": result.turns, "reason": str(getattr(result, "reason", ""))[:200]}
+    return {}
+
+
+def build(options: Mapping[str, Any], resources: HookResources) -> LoggingHook:
+    return LoggingHook(LoggingOptions.model_validate(options))
