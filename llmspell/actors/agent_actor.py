@@ -33,6 +33,7 @@ from llmspell.tools.sandbox import Sandbox
 __all__ = ["AgentActor", "AgentHandle", "AgentHost", "HostSetup", "spawn_agent", "spawn_host"]
 
 HookInstaller = Callable[[HookRegistry], None]
+Emit = Callable[[str, dict[str, Any]], None]
 
 
 class HostSetup:
@@ -42,7 +43,8 @@ class HostSetup:
                  providers: dict[str, ProviderSettings | dict[str, Any]] | None = None,
                  tools: Sequence[Tool] = (), pools: dict[str, str] | None = None,
                  directory: dict[str, str] | None = None, sandbox: Sandbox | None = None,
-                 hooks: Sequence[HookInstaller] = (), default_model: str = "scripted:echo",
+                 hooks: Sequence[HookInstaller] = (),
+                 hook_specs: Sequence[dict[str, Any]] = (), default_model: str = "scripted:echo",
                  max_depth: int = 8) -> None:
         self.specs = [s if isinstance(s, AgentSpec) else AgentSpec.model_validate(s)
                       for s in specs]
@@ -53,7 +55,8 @@ class HostSetup:
         self.pools = dict(pools or {})  # tool name -> pool router address
         self.directory = dict(directory or {})  # agent name -> host address (other hosts)
         self.sandbox = sandbox or Sandbox()
-        self.hooks = list(hooks)
+        self.hooks = list(hooks)  # functions that register hooks (from Python)
+        self.hook_specs = list(hook_specs)  # built-in hooks by name (from a job spec)
         self.default_model = default_model
         self.max_depth = max_depth
 
@@ -63,13 +66,10 @@ class AgentHost(ActorBase):
         tools = ToolRegistry(default_tools)
         for t in setup.tools:
             tools.register(t, replace=True)
-        hooks = HookRegistry(emit=self.node.publish_nowait)
-        for install in setup.hooks:
-            install(hooks)
-        self.hooks = hooks
+        emit, hooks = self._hooks(setup)
         env = AgentEnv(providers=ProviderRegistry(setup.providers), tools=tools,
                        executor=self._executor(setup), hooks=hooks,
-                       emit=self.node.publish_nowait, state=self.state, job_id=self.job_id,
+                       emit=emit, state=self.state, job_id=self.job_id,
                        sandbox=setup.sandbox, default_model=setup.default_model,
                        max_depth=setup.max_depth)
         self.core = HostCore(self.address, env, directory=setup.directory, remote=self._ask_remote,
@@ -77,6 +77,25 @@ class AgentHost(ActorBase):
                                  "agent_mailbox_capacity", self.settings.mailbox_capacity)),
                              gap_timeout=self.settings.gap_timeout_s)
         self.core.add_all(setup.specs)
+
+    def _hooks(self, setup: HostSetup) -> tuple[Emit, HookRegistry]:
+        """The host's hooks; with secret redaction installed, every event of the host goes
+        through it too (events the loop publishes before any hook has run included)."""
+        from llmspell.agents.hooks import SecretRedaction, install
+
+        sink: list[Emit] = [self.node.publish_nowait]
+
+        def emit(topic: str, payload: dict[str, Any]) -> None:
+            sink[0](topic, payload)  # late-bound: redaction, once installed, wraps the sink
+
+        hooks = HookRegistry(emit=emit)
+        for hook in install(hooks, setup.hook_specs, state=self.state):
+            if isinstance(hook, SecretRedaction):
+                sink[0] = hook.wrap_emit(sink[0])
+        for installer in setup.hooks:
+            installer(hooks)
+        self.hooks = hooks
+        return emit, hooks
 
     def _executor(self, setup: HostSetup) -> ToolExecutor:
         if not setup.pools:

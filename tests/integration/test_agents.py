@@ -148,3 +148,19 @@ async def test_an_approval_paused_run_is_resumed_by_another_process(
         outcome = json.loads(done.stdout.strip().splitlines()[-1])
         assert outcome == {"status": "completed", "output": "Payment done."}
         assert effects.read_text() == "transfer 7\n"  # ran once, after the approval
+
+
+async def test_a_secret_is_absent_from_events_and_the_event_log(
+        runtime: Runtime, job_id: str, server: LocalLLMServer) -> None:
+    secret = "sk-live-TOPSECRET-4242"
+    agent = spawn_agent(runtime, {"name": "keeper", "model": "openai:m"}, job_id=job_id,
+                        providers=providers(server),
+                        hook_specs=[{"name": "redaction", "options": {"secrets": [secret]}}])
+    result = await agent.run(f"my key is {secret}", timeout=60)
+    assert result.ok and secret not in result.output  # the model never saw it either
+    assert secret not in json.dumps(server.requests[-1].body)
+    await agent.ref.flush()
+    logged = await runtime.replay(job_id)
+    assert logged and not [e.topic for e in logged if secret in json.dumps(e.payload)]
+    assert any("[REDACTED]" in json.dumps(e.payload) for e in logged
+               if e.topic == "agent.run.started")
