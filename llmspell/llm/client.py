@@ -35,7 +35,15 @@ from llmspell.llm.registry import ProviderRegistry, default_registry, split_mode
 from llmspell.llm.retry import RetryPolicy, with_retries
 from llmspell.llm.types import Chunk, LLMRequest, Message, Response, Usage
 from llmspell.runtime.errors import HookCancelled
-from llmspell.runtime.hooks import Cancel, HookContext, HookPoint, HookRegistry, Redirect
+from llmspell.runtime.hooks import (
+    Cancel,
+    HookContext,
+    HookPoint,
+    HookRegistry,
+    Modify,
+    Redirect,
+    Replace,
+)
 from llmspell.runtime.logs import redact
 
 Publish = Callable[[str, dict[str, Any]], Awaitable[None]]
@@ -150,11 +158,36 @@ class LLM:
         """The answer as it is generated; the last chunk carries the whole Response.
 
         A failure before the first chunk is retried and may fall back; once output has been
-        given, a failure raises (StreamInterrupted) rather than end a truncated answer."""
+        given, a failure raises (StreamInterrupted) rather than end a truncated answer.
+
+        Hooks as for `complete`: before_llm_call may Modify, Redirect, Cancel or Replace (the
+        replacement is streamed as if the model said it); after_llm_call sees the final
+        Response and may Modify or Replace it (text already streamed stays streamed) or Cancel;
+        on_error hooks see a failure before it is raised."""
         config = _config(model, options.pop("fallbacks", None))
         base = LLMRequest(model=config.model, messages=messages,
                           timeout=options.pop("timeout", config.timeout), **options)
-        config, base = await self._before_stream(config, base)
+        metadata: dict[str, Any] = {}  # shared by the hooks of this one call, as in complete()
+        config, base, replaced = await self._before_stream(config, base, metadata)
+        if replaced is not None:
+            for chunk in _chunks_of(replaced):
+                yield chunk
+            return
+        try:
+            async for chunk in self._stream_chain(config, base):
+                if chunk.response is not None:
+                    final = await self._after_stream(chunk.response, config.model, metadata)
+                    chunk = chunk.model_copy(update={"response": final})
+                yield chunk
+        except LLMError as exc:
+            if self.hooks.has_hooks(HookPoint.on_error):
+                await self.hooks.run(HookPoint.on_error, HookContext(
+                    HookPoint.on_error, base, self.job_id, self.caller, config.model,
+                    error=exc, metadata=metadata))
+            raise
+
+    async def _stream_chain(self, config: ModelConfig, base: LLMRequest
+                            ) -> AsyncIterator[Chunk]:
         deadline = None if config.deadline is None else time.monotonic() + config.deadline
         errors: list[LLMError] = []
         for index, name in enumerate(config.chain):
@@ -197,20 +230,40 @@ class LLM:
 
     # -- steps --------------------------------------------------------------------------------
 
-    async def _before_stream(self, config: ModelConfig, request: LLMRequest
-                             ) -> tuple[ModelConfig, LLMRequest]:
-        """A stream honours the before hooks that make sense for it: Modify, Redirect, Cancel."""
+    async def _before_stream(self, config: ModelConfig, request: LLMRequest,
+                             metadata: dict[str, Any]
+                             ) -> tuple[ModelConfig, LLMRequest, Response | None]:
+        """The before hooks of a stream: Modify, Redirect, Cancel, or Replace (a cache hit)."""
         if not self.hooks.has_hooks(HookPoint.before_llm_call):
-            return config, request
+            return config, request, None
         ctx = HookContext(HookPoint.before_llm_call, request, self.job_id, self.caller,
-                          config.model)
+                          config.model, metadata=metadata)
         decision = await self.hooks.decide(HookPoint.before_llm_call, ctx)
-        if isinstance(decision.result, Cancel):
-            raise HookCancelled("before_llm_call", decision.result.reason, decision.hook or "?")
-        if isinstance(decision.result, Redirect):
-            config = config.model_copy(update={"model": decision.result.target})
+        result = decision.result
+        if isinstance(result, Cancel):
+            raise HookCancelled("before_llm_call", result.reason, decision.hook or "?")
+        if isinstance(result, Replace) and isinstance(result.result, Response):
+            return config, request, result.result
+        if isinstance(result, Redirect):
+            config = config.model_copy(update={"model": result.target})
         payload = ctx.payload if isinstance(ctx.payload, LLMRequest) else request
-        return config, payload
+        return config, payload, None
+
+    async def _after_stream(self, response: Response, target: str,
+                            metadata: dict[str, Any]) -> Response:
+        if not self.hooks.has_hooks(HookPoint.after_llm_call):
+            return response
+        ctx = HookContext(HookPoint.after_llm_call, response, self.job_id, self.caller, target,
+                          metadata=metadata)
+        decision = await self.hooks.decide(HookPoint.after_llm_call, ctx)
+        result = decision.result
+        if isinstance(result, Cancel):
+            raise HookCancelled("after_llm_call", result.reason, decision.hook or "?")
+        if isinstance(result, Modify | Replace):
+            value = result.payload if isinstance(result, Modify) else result.result
+            if isinstance(value, Response):
+                return value
+        return ctx.payload if isinstance(ctx.payload, Response) else response
 
     def _prepare(self, name: str, request: LLMRequest) -> tuple[Provider, LLMRequest]:
         provider, model_name = self.registry.resolve(name)
@@ -290,3 +343,10 @@ def _config(model: str | ModelConfig, fallbacks: list[str] | None) -> ModelConfi
 def _policy(config: ModelConfig) -> RetryPolicy:
     return RetryPolicy(max_attempts=config.max_attempts, base_delay=config.base_delay)
 
+
+
+def _chunks_of(response: Response) -> list[Chunk]:
+    """A finished answer (a hook's replacement) as the chunks a stream would have given."""
+    chunks = [Chunk(text=response.text)] if response.text else []
+    chunks += [Chunk(tool_call=call) for call in response.tool_calls]
+    return [*chunks, Chunk(response=response)]

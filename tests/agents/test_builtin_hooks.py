@@ -491,3 +491,25 @@ def test_install_reports_bad_options_even_when_the_entry_is_fine() -> None:
     with pytest.raises(HookSpecError) as caught:
         install(HookRegistry(), [{"name": "cache", "options": {"path": "x.db", "ttl": 5}}])
     assert [e["path"] for e in caught.value.errors] == ["hooks[0].options.ttl"]
+
+
+# --- the same hooks on a streamed agent (agents stream by default) --------------------------
+
+
+async def test_cache_budget_and_usage_hold_for_streamed_agents(tmp_path: Path) -> None:
+    w = World("the answer", "another", "and another")
+    cache, usage = ResponseCache(path=str(tmp_path / "cache.db")), UsageHook()
+    cache.register(w.hooks)
+    usage.register(w.hooks)
+    first = await w.agent(stream=True).run("question")
+    second = await w.agent(stream=True).run("question")  # a hit, streamed as if said
+    assert first.output == second.output == "the answer" and len(w.provider.requests) == 1
+    assert cache.stats()["hits"] == 1 and cache.stats()["stores"] == 1
+    assert usage.snapshot()["agents"]["a"]["total_tokens"] == first.usage.total_tokens > 0
+
+    spender = World("spent", "never said")
+    BudgetHook(max_tokens=1).register(spender.hooks)
+    assert (await spender.agent(stream=True).run("go")).ok
+    refused = await spender.agent(stream=True).run("go on")
+    assert refused.status == RunStatus.cancelled and "token budget of 1" in refused.reason
+    assert len(spender.provider.requests) == 1
