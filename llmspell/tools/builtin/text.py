@@ -1,0 +1,5 @@
+"""Built-in tools: text (being written)."""
+
+from llmspell.tools.base import Tool
+
+TOOLS: list[Tool] = []

@@ -1,0 +1,5 @@
+"""Built-in tools: utility (being written)."""
+
+from llmspell.tools.base import Tool
+
+TOOLS: list[Tool] = []

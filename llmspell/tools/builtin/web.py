@@ -1,0 +1,5 @@
+"""Built-in tools: web (being written)."""
+
+from llmspell.tools.base import Tool
+
+TOOLS: list[Tool] = []
