@@ -18,10 +18,10 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import ray
 from ray.exceptions import RayActorError, RayTaskError
@@ -31,9 +31,14 @@ from llmspell.runtime.events import Event, TopicPattern, unpack_events
 from llmspell.runtime.hub import EventHub
 from llmspell.runtime.logs import configure_logging, get_logger
 from llmspell.runtime.messages import new_id
-from llmspell.runtime.node import HUB_NAME, STATE_NAME, ActorConfig, Node
+from llmspell.runtime.node import HUB_NAME, STATE_NAME, Node
 from llmspell.runtime.settings import RuntimeSettings
+from llmspell.runtime.spawning import spawn_actor
 from llmspell.runtime.state_client import StateClient, StateService
+
+if TYPE_CHECKING:  # the pool lives above the runtime core: imported only where it is used
+    from llmspell.actors.pool import ToolPoolRef
+    from llmspell.tools.base import Tool
 
 
 class ActorRef:
@@ -291,35 +296,30 @@ class Runtime:
         """
         job = job_id or self.job_id
         address = f"{job}/{name}"
-        extra: dict[str, Any] = {}
-        if mailbox_capacity is not None:
-            extra["mailbox_capacity"] = mailbox_capacity
-        if mailbox_overflow is not None:
-            extra["mailbox_overflow"] = mailbox_overflow
-        config = ActorConfig(address=address, job_id=job, settings=self.settings,
-                             concurrency=concurrency, snapshot_every=snapshot_every, extra=extra)
-        remote = self._remote_class(cls)
-        try:
-            handle = remote.options(
-                name=address, namespace=self.settings.namespace, max_restarts=max_restarts,
-                num_cpus=num_cpus, max_concurrency=1000,
-                lifetime="detached" if detached else None,
-            ).remote(config, args, kwargs)
-        except ValueError as exc:
-            raise LlmspellError(f"cannot spawn {address!r}: {exc}") from None
-        self.node.adopt(address, handle)
+        spawn_actor(self.node, cls, address, args, kwargs, job_id=job, settings=self.settings,
+                    remote=self._remote_class(cls), max_restarts=max_restarts,
+                    num_cpus=num_cpus, concurrency=concurrency, snapshot_every=snapshot_every,
+                    detached=detached, mailbox_capacity=mailbox_capacity,
+                    mailbox_overflow=mailbox_overflow)
         self._spawned.append(address)
         return ActorRef(self, address)
 
     def kill_job(self, job_id: str) -> int:
-        """Kill at once every actor this runtime spawned for `job_id`. Returns how many."""
+        """Kill at once every actor of `job_id`: the ones this runtime spawned and the ones its
+        actors spawned (a supervisor's children, a pool's replicas), found by name. Returns
+        how many."""
+        prefix = f"{job_id}/"
+        names = {a for a in self._spawned if a.startswith(prefix)}
+        names.update(n for n in ray.util.list_named_actors() if n.startswith(prefix))
         killed = 0
-        for address in [a for a in self._spawned if a.startswith(f"{job_id}/")]:
-            self._spawned.remove(address)
+        for address in sorted(names):
+            if address in self._spawned:
+                self._spawned.remove(address)
             try:
-                ray.kill(self.node.handle(address), no_restart=True)
+                ray.kill(ray.get_actor(address, namespace=self.settings.namespace),
+                         no_restart=True)
                 killed += 1
-            except (ActorNotFound, ValueError):
+            except ValueError:
                 pass  # already gone
             self.node.forget(address)
         return killed
@@ -396,3 +396,23 @@ class Runtime:
 
     async def flush(self) -> None:
         await self.node.flush()
+
+    def spawn_pool(self, name: str, tools: Sequence[Tool], *, job_id: str | None = None,
+                   min_replicas: int = 1, max_replicas: int = 4, max_concurrency: int = 1,
+                   **options: Any) -> ToolPoolRef:
+        """A tool pool at `<job_id>/<name>`: a router and `min_replicas`..`max_replicas`
+        replica actors hosting `tools`, each running up to `max_concurrency` calls at once.
+        Other options are the fields of llmspell.actors.scaling.PoolConfig (max_queue,
+        idle_timeout_s, num_cpus, resources, placement, ...). Returns at once; `await
+        pool.wait_ready()` waits for the replicas; `pool.executor()` runs calls there."""
+        from llmspell.actors.pool import PoolRouter, ToolPoolRef, pool_config, router_options
+
+        config = pool_config(name, tools, min_replicas=min_replicas, max_replicas=max_replicas,
+                             max_concurrency=max_concurrency, **options)
+        job = job_id or self.job_id
+        address = f"{job}/{name}"
+        spawn_actor(self.node, PoolRouter, address, (list(tools), config), job_id=job,
+                    settings=self.settings, remote=self._remote_class(PoolRouter),
+                    concurrency=config.router_concurrency, ray_options=router_options(config))
+        self._spawned.append(address)
+        return ToolPoolRef(ActorRef(self, address), config)

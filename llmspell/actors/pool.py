@@ -1,0 +1,655 @@
+"""ToolPool: a router actor and N replica actors running tools, scaled on demand.
+
+    pool = runtime.spawn_pool("search", tools=[web_search], min_replicas=1, max_replicas=8)
+    await pool.wait_ready()
+    executor = RoutedExecutor({"web_search": pool.executor()})   # an agent's tool calls go there
+    print(await pool.stats())
+
+- `PoolRouter` takes `pool.call` asks, places each on the least-loaded replica under the
+  per-replica cap (or queues it), and relays the outcome. Every decision is made by the plain
+  `Scheduler` of llmspell.actors.scaling; this shell only moves messages, spawns and kills
+  replicas, pings them, and publishes `pool.scaled` / `pool.replica_failed` events.
+- `PoolReplica` hosts the tool instances (pickled to it at spawn) and runs
+  `tool.invoke(arguments, ctx)`, once per idempotency key.
+- A replica that dies mid-call: idempotent calls are run again elsewhere; a non-idempotent call
+  fails with ToolUnavailable, never run twice, since nobody knows whether its effect happened.
+- Outcomes travel as data (`{"ok": true, "result": ...}` or `{"ok": false, "error": ...}`), so
+  that a tool's error reaches the caller as the same ToolError subclass, fields included;
+  RemoteError is left to mean the pool machinery itself failed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import difflib
+import json
+from collections.abc import Coroutine, Sequence
+from dataclasses import asdict
+from typing import TYPE_CHECKING, Any
+
+import msgpack
+import ray
+from pydantic import BaseModel
+from ray.exceptions import RayActorError, RayTaskError
+
+from llmspell.actors.base import ActorBase
+from llmspell.actors.scaling import Deduper, PoolConfig, QueueFull, Replica, Scheduler
+from llmspell.runtime.errors import (
+    ActorNotFound,
+    ActorUnavailable,
+    AskTimeout,
+    Cancelled,
+    CodecError,
+    RemoteError,
+)
+from llmspell.runtime.messages import Envelope, Priority, new_id
+from llmspell.runtime.node import Node
+from llmspell.runtime.spawning import spawn_actor
+from llmspell.tools.base import Tool
+from llmspell.tools.context import ToolContext
+from llmspell.tools.errors import (
+    RecursionLimit,
+    SandboxViolation,
+    ToolArgumentError,
+    ToolError,
+    ToolNotFound,
+    ToolTimeout,
+    ToolUnavailable,
+)
+
+if TYPE_CHECKING:
+    from llmspell.runtime.runtime import ActorRef
+
+__all__ = [
+    "PoolConfig", "PoolExecutor", "PoolQueueFull", "PoolReplica", "PoolRouter", "ToolPoolRef",
+    "error_from_wire", "error_to_wire", "pool_config", "router_options",
+]
+
+CALL = "pool.call"
+RUN = "pool.run"
+STATS = "pool.stats"
+SCALE = "pool.scale_to"
+# A call with no deadline at all (a tool without timeout) still gets an ask timeout: a day.
+NO_DEADLINE_S = 86_400.0
+Outcome = dict[str, Any]
+
+
+class PoolQueueFull(ToolUnavailable):
+    """Every replica is at its cap and the pool's queue is full."""
+
+    def __init__(self, tool: str, pool: str, waiting: int) -> None:
+        super().__init__(tool, f"pool {pool!r} is full: {waiting} calls already wait for a "
+                               "replica; try again later, or raise max_queue or max_replicas")
+        self.pool = pool
+        self.waiting = waiting
+
+
+# -- outcomes on the wire -----------------------------------------------------------------------
+
+_ERRORS: dict[str, type[ToolError]] = {cls.__name__: cls for cls in (
+    ToolError, ToolArgumentError, ToolNotFound, ToolTimeout, ToolUnavailable, SandboxViolation,
+    RecursionLimit, PoolQueueFull)}
+
+
+def make_tool_error(cls: type[ToolError], tool: str, detail: str, **attrs: Any) -> ToolError:
+    """An error of any ToolError subclass with this exact message (their constructors differ;
+    the message and fields are what the caller reads)."""
+    error = cls.__new__(cls)
+    ToolError.__init__(error, tool, detail)
+    error.__dict__.update(attrs)
+    return error
+
+
+def error_to_wire(exc: BaseException, tool: str) -> dict[str, Any]:
+    """How a failed call travels back: the error's class name, tool, message and fields."""
+    if isinstance(exc, ToolError):
+        attrs = {k: v for k, v in vars(exc).items()
+                 if k not in ("tool", "detail") and _packable(v)}
+        return {"type": type(exc).__name__, "tool": exc.tool, "detail": exc.detail,
+                "attrs": attrs}
+    if isinstance(exc, Cancelled):
+        return {"type": "Cancelled", "tool": tool, "detail": exc.reason, "attrs": {}}
+    # A tool's own bug: reported the way the agent loop reports one that ran in process.
+    return {"type": "ToolError", "tool": tool, "detail": f"failed: {type(exc).__name__}: {exc}",
+            "attrs": {"error_type": type(exc).__name__}}
+
+
+def error_from_wire(data: dict[str, Any]) -> Exception:
+    tool, detail = str(data.get("tool", "?")), str(data.get("detail", ""))
+    if data.get("type") == "Cancelled":
+        return Cancelled(detail)
+    cls = _ERRORS.get(str(data.get("type")), ToolError)
+    raw = data.get("attrs")
+    attrs: dict[str, Any] = raw if isinstance(raw, dict) else {}
+    if cls is ToolError and data.get("type") != "ToolError":
+        attrs = {**attrs, "error_type": data.get("type")}  # a user's own ToolError subclass
+    return make_tool_error(cls, tool, detail, **attrs)
+
+
+def _failure(exc: BaseException, tool: str) -> Outcome:
+    return {"ok": False, "error": error_to_wire(exc, tool)}
+
+
+def _packable(value: Any) -> bool:
+    try:
+        msgpack.packb(value, use_bin_type=True)
+    except (TypeError, ValueError, OverflowError):
+        return False
+    return True
+
+
+def _plain_result(value: Any) -> Any:
+    """A tool's result as data the envelope codec carries: a pydantic model as its JSON form,
+    anything else msgpack cannot pack through JSON (as `render_result` would show it)."""
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json")
+    if _packable(value):
+        return value
+    return json.loads(json.dumps(value, default=str))
+
+
+def _sooner(a: float | None, b: float | None) -> float | None:
+    if a is None:
+        return b
+    return a if b is None else min(a, b)
+
+
+# -- the replica --------------------------------------------------------------------------------
+
+class PoolReplica(ActorBase):
+    """Hosts a pool's tools and runs the calls the router places on it."""
+
+    def setup(self, tools: Sequence[Tool], pool: str, dedupe_window: int = 10_000) -> None:
+        self.pool = pool
+        self.tools = {t.name: t for t in tools}
+        self.dedupe: Deduper[Outcome] = Deduper(dedupe_window)
+
+    async def handle(self, msg: Envelope) -> Any:
+        if msg.type == RUN:
+            return await self._run(msg.payload)
+        raise ValueError(f"pool replica {self.address!r} does not handle {msg.type!r}")
+
+    async def _run(self, call: dict[str, Any]) -> Outcome:
+        name = str(call.get("tool"))
+        tool = self.tools.get(name)
+        if tool is None:
+            return _failure(ToolNotFound(name, sorted(self.tools)), name)
+        # A retried call whose key already completed here gets the stored outcome.
+        return await self.dedupe.run(call.get("key"), lambda: self._invoke(tool, call),
+                                     keep=lambda outcome: bool(outcome["ok"]))
+
+    async def _invoke(self, tool: Tool, call: dict[str, Any]) -> Outcome:
+        wire = call.get("ctx") or {}
+        job = str(wire.get("job_id") or "") or None  # the caller's job, if the pool serves many
+
+        def emit(topic: str, payload: dict[str, Any]) -> None:
+            self.node.publish_nowait(topic, payload, job_id=job)
+
+        ctx = ToolContext.from_wire(wire, state=self.state, emit=emit)
+        try:
+            result = await tool.invoke(call.get("arguments"), ctx)
+        except Exception as exc:  # the tool's failure is the call's outcome, not the actor's
+            return _failure(exc, tool.name)
+        return {"ok": True, "result": _plain_result(result)}
+
+
+# -- the router ---------------------------------------------------------------------------------
+
+class _Lost(Exception):
+    """The replica running a call died or was evicted under it."""
+
+    def __init__(self, replica: str) -> None:
+        super().__init__(replica)
+        self.replica = replica
+
+
+class PoolRouter(ActorBase):
+    """Receives a pool's calls, places them on replicas, scales and heals the replica set."""
+
+    def setup(self, tools: Sequence[Tool], config: PoolConfig) -> None:
+        self.pool = config
+        self.tools = {t.name: t for t in tools}
+        self._tool_list = list(tools)
+        self.sched = Scheduler(config)
+        self._handles: dict[str, Any] = {}
+        self._pids: dict[str, int] = {}
+        self._waiters: dict[str, asyncio.Future[str]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._wake = asyncio.Event()
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    async def on_start(self) -> None:
+        self._own(self._control_loop(), "control")
+        self._own(self._health_loop(), "health")
+
+    async def on_restart(self) -> None:
+        # Ray restarted the router: its replicas died with it (they are owned by it).
+        await self.on_start()
+
+    async def on_stop(self) -> None:
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for rid, handle in list(self._handles.items()):
+            self._kill(rid, handle)
+
+    def _own(self, coro: Coroutine[Any, Any, None], name: str) -> None:
+        """Start a task the router owns: cancelled at stop, its failure logged, not lost."""
+        task = asyncio.get_running_loop().create_task(coro, name=f"{self.address}:{name}")
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            self.log.error("pool task failed", task=task.get_name(),
+                           error=repr(task.exception()))
+
+    # -- messages -------------------------------------------------------------------------------
+
+    async def handle(self, msg: Envelope) -> Any:
+        if msg.type == CALL:
+            return await self._call(msg.payload)
+        if msg.type == STATS:
+            return self._stats()
+        if msg.type == SCALE:
+            return await self._scale_to(int(msg.payload), "requested")
+        raise ValueError(f"pool router {self.address!r} does not handle {msg.type!r}")
+
+    def _stats(self) -> dict[str, Any]:
+        return {
+            **self.sched.stats(), "address": self.address,
+            "replica_list": [{**asdict(r), "status": str(r.status), "pid": self._pids.get(r.id)}
+                             for r in self.sched.replicas()],
+        }
+
+    # -- one call -------------------------------------------------------------------------------
+
+    async def _call(self, req: dict[str, Any]) -> Outcome:
+        name = str(req.get("tool"))
+        tool = self.tools.get(name)
+        if tool is None:
+            close = difflib.get_close_matches(name, list(self.tools), n=3)
+            return self._count(_failure(ToolNotFound(name, close or sorted(self.tools)[:5]),
+                                        name))
+        idempotent = tool.idempotent and bool(req.get("idempotent", True))
+        ctx = req.get("ctx") or {}
+        budget = _sooner(tool.timeout, ctx.get("remaining"))
+        loop = asyncio.get_running_loop()
+        deadline = None if budget is None else loop.time() + budget
+        call = {"tool": name, "arguments": req.get("arguments"), "ctx": ctx,
+                "key": str(req.get("idempotency_key") or new_id())}
+        cid = new_id()
+        lost_on: str | None = None
+        for attempt in range(self.pool.max_retries + 1):
+            try:
+                rid = await self._acquire(cid, name, deadline, budget, lost_on=lost_on)
+                return self._count(await self._run_on(rid, cid, call, deadline, budget))
+            except ToolError as exc:
+                return self._count(_failure(exc, name))
+            except _Lost as lost:
+                if not idempotent:
+                    return self._count(_failure(ToolUnavailable(
+                        name, f"replica {lost.replica!r} died during the call; not retried "
+                              f"because tool {name!r} is not idempotent"), name))
+                lost_on = lost.replica
+                if attempt < self.pool.max_retries:
+                    self.sched.counters.retried += 1
+        return self._count(_failure(ToolUnavailable(
+            name, f"{self.pool.max_retries + 1} replicas died under this call; giving up"),
+            name))
+
+    def _count(self, outcome: Outcome) -> Outcome:
+        counters = self.sched.counters
+        if outcome["ok"]:
+            counters.completed += 1
+        else:
+            counters.failed += 1
+            if outcome["error"]["type"] == "ToolTimeout":
+                counters.timed_out += 1
+        return outcome
+
+    async def _acquire(self, cid: str, tool: str, deadline: float | None,
+                       budget: float | None, *, lost_on: str | None) -> str:
+        """A replica with a free slot for the call, waiting in the queue if need be.
+        `lost_on`: the replica that died under the call's last attempt, if it is a retry."""
+        try:
+            rid = self.sched.submit(cid, retry=lost_on is not None)
+        except QueueFull as full:
+            raise PoolQueueFull(tool, self.address, full.waiting) from None
+        if rid is not None:
+            return rid
+        waiter: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self._waiters[cid] = waiter
+        self._wake.set()  # a backlog: the control loop decides on scaling now, not next tick
+        remaining = None if deadline is None else deadline - asyncio.get_running_loop().time()
+        try:
+            async with asyncio.timeout(remaining):
+                return await waiter
+        except TimeoutError:
+            self._grant(self.sched.withdraw(cid))
+            retried = f" (retried after replica {lost_on!r} was lost under it)" if lost_on else ""
+            raise make_tool_error(
+                ToolTimeout, tool, f"no result within {budget or 0:g}s: the deadline passed while "
+                f"the call waited for a free replica of pool {self.address!r}{retried}",
+                timeout=budget) from None
+        finally:
+            self._waiters.pop(cid, None)
+
+    def _grant(self, grants: list[tuple[str, str]]) -> None:
+        """Wake the calls the scheduler gave a slot to. A call that no longer waits gives its
+        slot straight back."""
+        while grants:
+            cid, rid = grants.pop(0)
+            waiter = self._waiters.get(cid)
+            if waiter is not None and not waiter.done():
+                waiter.set_result(rid)
+            else:
+                grants.extend(self.sched.finish(cid))
+
+    async def _run_on(self, rid: str, cid: str, call: dict[str, Any], deadline: float | None,
+                      budget: float | None) -> Outcome:
+        """Run the call on replica `rid`; raises _Lost if the replica dies under it."""
+        left = None if deadline is None else max(0.0, deadline - asyncio.get_running_loop().time())
+        ask_timeout = NO_DEADLINE_S if left is None else left + self.pool.call_grace_s
+        # The replica's own timeout is what is left of the budget after the queue; when that is
+        # (within 10 ms) the tool's own timeout, leave it to the tool, whose error then reads
+        # "within 1s" rather than "within 0.99997s".
+        timeout = self.tools[call["tool"]].timeout
+        if left is not None and timeout is not None and left >= timeout - 0.01:
+            left = None
+        payload = {**call, "ctx": {**call["ctx"], "remaining": left}}
+        try:
+            return await self.node.ask(rid, RUN, payload, timeout=ask_timeout)  # type: ignore[no-any-return]
+        except AskTimeout:
+            # Its own timeout should have answered long ago: the replica is hung.
+            self._hung(rid)
+            raise make_tool_error(
+                ToolTimeout, call["tool"], f"no result within {budget or ask_timeout:g}s "
+                f"(replica {rid!r} did not answer; it leaves rotation)",
+                timeout=budget or ask_timeout) from None
+        except (ActorUnavailable, ActorNotFound) as exc:
+            self._evict(rid, f"died during a call: {exc}")
+            raise _Lost(rid) from None
+        except CodecError as exc:
+            raise ToolError(call["tool"], f"the call cannot be sent: {exc}") from None
+        except RemoteError as exc:
+            raise ToolError(call["tool"], f"replica {rid!r} failed: {exc.error_type}: "
+                                          f"{exc.remote_message}") from None
+        finally:
+            self._grant(self.sched.finish(cid))
+
+    # -- replicas -------------------------------------------------------------------------------
+
+    def _spawn_replica(self) -> None:
+        cfg = self.pool
+        rid = f"{self.address}/replica-{new_id()[-12:]}"
+        options: dict[str, Any] = {}
+        if cfg.resources:
+            options["resources"] = dict(cfg.resources)
+        if cfg.num_gpus:
+            options["num_gpus"] = cfg.num_gpus
+        if cfg.placement == "spread":
+            options["scheduling_strategy"] = "SPREAD"  # over a cluster's nodes
+        handle = spawn_actor(
+            self.node, PoolReplica, rid, (self._tool_list, self.address, cfg.dedupe_window),
+            job_id=self.job_id, settings=self.settings, num_cpus=cfg.num_cpus,
+            concurrency=cfg.max_concurrency, ray_options=options)
+        self._handles[rid] = handle
+        self.sched.add(rid)
+        self._own(self._await_start(rid, handle), f"start:{rid}")
+
+    async def _await_start(self, rid: str, handle: Any) -> None:
+        """Into rotation once the replica answers. A replica waiting for resources (a cluster
+        scaling up) is reported once and left waiting; one that died is replaced."""
+        ping = asyncio.ensure_future(handle.ping.remote())
+        try:
+            done, _ = await asyncio.wait({ping}, timeout=self.pool.start_warn_s)
+            if not done:
+                self.log.warning("pool replica not started yet", replica=rid,
+                                 waited_s=self.pool.start_warn_s)
+                await self.publish("pool.replica_pending", {
+                    "pool": self.address, "replica": rid, "waited_s": self.pool.start_warn_s})
+            info = await ping
+        except (RayActorError, RayTaskError) as exc:
+            if self.sched.replica(rid) is not None:
+                self.sched.start_failed(rid)
+                self._forget(rid)
+                await self.publish("pool.replica_failed", {
+                    "pool": self.address, "replica": rid, "reason": f"failed to start: {exc}",
+                    "in_flight": 0})
+                self._wake.set()
+            return
+        finally:
+            ping.cancel()
+        if self.sched.replica(rid) is None:
+            return  # drained while it started; being retired
+        self._pids[rid] = int(info["pid"])
+        self._grant(self.sched.ready(rid))
+
+    def _evict(self, rid: str, reason: str) -> None:
+        """Take a failed replica out for good (once), kill it, and let the control loop
+        replace it. Its other in-flight calls see their asks fail and decide for themselves."""
+        replica = self.sched.replica(rid)
+        if replica is None:
+            return
+        reported = replica.hung  # its failure was published when it was found hung
+        lost = self.sched.evict(rid)
+        self.log.warning("pool replica evicted", replica=rid, reason=reason)
+        if not reported:
+            self.node.publish_nowait("pool.replica_failed", {
+                "pool": self.address, "replica": rid, "reason": reason, "in_flight": len(lost),
+                "pid": self._pids.get(rid)})
+        handle = self._handles.get(rid)
+        if handle is not None:
+            self._kill(rid, handle)
+        self._wake.set()
+
+    def _hung(self, rid: str) -> None:
+        replica = self.sched.replica(rid)
+        if replica is None or replica.hung:
+            return
+        self.sched.mark_hung(rid)
+        self.node.publish_nowait("pool.replica_failed", {
+            "pool": self.address, "replica": rid, "pid": self._pids.get(rid),
+            "reason": "a call ran past its deadline and grace; out of rotation"})
+        self._wake.set()
+
+    def _kill(self, rid: str, handle: Any) -> None:
+        with contextlib.suppress(Exception):  # already dead is fine
+            ray.kill(handle, no_restart=True)
+        self._forget(rid)
+
+    def _forget(self, rid: str) -> None:
+        self._handles.pop(rid, None)
+        self._pids.pop(rid, None)
+        self.node.forget(rid)
+
+    async def _retire(self, replica: Replica) -> None:
+        """A drained replica leaves: its events are flushed first (unless it is hung)."""
+        handle = self._handles.get(replica.id)
+        if handle is None:
+            return
+        if not replica.hung:
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(2.0):
+                    await handle.flush.remote()
+        self._kill(replica.id, handle)
+
+    # -- scaling and health ---------------------------------------------------------------------
+
+    async def _control_loop(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.pool.tick_s):
+                    await self._wake.wait()
+            self._wake.clear()
+            decision = self.sched.decide()
+            if decision is not None:
+                await self._scale_to(decision.target, decision.reason)
+            for replica in self.sched.drained():
+                self._own(self._retire(replica), f"retire:{replica.id}")
+
+    async def _scale_to(self, target: int, reason: str) -> int:
+        current = self.sched.active
+        if reason == "requested":
+            target = self.sched.clamp(target)
+            self.sched.hold(target)  # the autoscaler keeps it for at least idle_timeout_s
+        if target > current:
+            for _ in range(target - current):
+                self._spawn_replica()
+        elif target < current:
+            self.sched.drain(current - target)
+        else:
+            return target
+        self.log.info("pool scaled", pool=self.address, frm=current, to=target, reason=reason)
+        await self.publish("pool.scaled", {"pool": self.address, "from": current, "to": target,
+                                           "reason": reason})
+        self._wake.set()  # retire what is already drained
+        return target
+
+    async def _health_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.pool.health_interval_s)
+            rids = [r.id for r in self.sched.replicas() if r.id in self._pids]
+            await asyncio.gather(*(self._check(rid) for rid in rids))
+
+    async def _check(self, rid: str) -> None:
+        handle = self._handles.get(rid)
+        if handle is None:
+            return
+        try:
+            async with asyncio.timeout(self.pool.health_timeout_s):
+                await handle.ping.remote()
+        except TimeoutError:
+            if self.sched.ping_missed(rid):
+                self._evict(rid, f"missed {self.pool.max_missed_pings} health checks "
+                                 f"({self.pool.health_timeout_s:g}s each)")
+            return
+        except (RayActorError, RayTaskError) as exc:
+            self._evict(rid, f"died: {str(exc).strip().splitlines()[0] if str(exc) else exc}")
+            return
+        self.sched.ping_ok(rid)
+
+
+# -- the caller's side --------------------------------------------------------------------------
+
+class PoolExecutor:
+    """A ToolExecutor that runs calls in a tool pool: an agent's `RoutedExecutor` maps a tool's
+    name to one. Failures come back as ToolError subclasses naming the tool."""
+
+    def __init__(self, address: str, node: Node, *, grace_s: float = 10.0) -> None:
+        self.address = address
+        self.node = node
+        self.grace_s = grace_s  # past the call's own deadline, how long the pool may take
+
+    async def execute(self, tool: Tool, arguments: dict[str, Any] | str, ctx: ToolContext
+                      ) -> Any:
+        ctx.cancel.raise_if_cancelled()
+        limit = _sooner(tool.timeout, ctx.remaining())
+        payload = {"tool": tool.name, "arguments": arguments, "ctx": ctx.to_wire(),
+                   "idempotency_key": ctx.idempotency_key or new_id(),
+                   "idempotent": tool.idempotent}
+        ask = asyncio.ensure_future(self._ask(tool.name, payload, limit))
+        cancel = asyncio.ensure_future(ctx.cancel.wait())
+        try:
+            await asyncio.wait({ask, cancel}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            cancel.cancel()
+        if not ask.done():
+            # The caller was cancelled: stop waiting (the pool finishes the call on its own).
+            ask.cancel()
+            await asyncio.gather(ask, return_exceptions=True)
+            raise Cancelled(ctx.cancel.reason or "cancelled")
+        outcome = ask.result()
+        if outcome.get("ok"):
+            return outcome.get("result")
+        raise error_from_wire(outcome.get("error") or {"tool": tool.name})
+
+    async def _ask(self, tool: str, payload: dict[str, Any], limit: float | None) -> Outcome:
+        timeout = NO_DEADLINE_S if limit is None else limit + self.grace_s
+        try:
+            outcome = await self.node.ask(self.address, CALL, payload, timeout=timeout)
+        except AskTimeout:
+            raise make_tool_error(ToolTimeout, tool, f"no result within {timeout:g}s from "
+                                  f"pool {self.address!r}", timeout=timeout) from None
+        except (ActorUnavailable, ActorNotFound) as exc:
+            raise ToolUnavailable(tool, f"pool {self.address!r} is unavailable: {exc}") from None
+        except CodecError as exc:
+            raise ToolError(tool, f"the call cannot be sent: {exc}") from None
+        except RemoteError as exc:
+            raise ToolError(tool, f"pool {self.address!r} failed: {exc.error_type}: "
+                                  f"{exc.remote_message}") from None
+        if not isinstance(outcome, dict) or "ok" not in outcome:
+            raise ToolError(tool, f"pool {self.address!r} sent a malformed outcome")
+        return outcome
+
+
+class ToolPoolRef:
+    """A handle on a running pool (what `Runtime.spawn_pool` returns)."""
+
+    def __init__(self, ref: ActorRef, config: PoolConfig) -> None:
+        self.ref = ref
+        self.config = config
+        self.address = ref.address
+
+    def __repr__(self) -> str:
+        return f"ToolPoolRef({self.address!r})"
+
+    def executor(self) -> PoolExecutor:
+        return PoolExecutor(self.address, self.ref.runtime.node,
+                            grace_s=self.config.call_grace_s + 5.0)
+
+    async def stats(self) -> dict[str, Any]:
+        """Replicas (ready, starting, draining), queue depth, in flight, completed, retried,
+        failed, rejected, timed out, and one entry per replica."""
+        result: dict[str, Any] = await self.ref.ask(STATS, priority=Priority.HIGH)
+        return result
+
+    async def scale_to(self, replicas: int) -> int:
+        """Scale now (clamped to min..max); returns the target. The autoscaler keeps it for at
+        least `idle_timeout_s`, then follows demand again."""
+        result: int = await self.ref.ask(SCALE, replicas, priority=Priority.HIGH)
+        return result
+
+    async def wait_ready(self, replicas: int | None = None, timeout: float = 60.0
+                         ) -> dict[str, Any]:
+        """Wait until `replicas` (default: the minimum) are in rotation; returns the stats."""
+        want = self.config.min_replicas if replicas is None else replicas
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        await self.ref.wait_ready(timeout)
+        while True:
+            stats = await self.stats()
+            if stats["replicas"] >= want:
+                return stats
+            if loop.time() >= deadline:
+                raise TimeoutError(f"pool {self.address!r}: {stats['replicas']} of {want} "
+                                   f"replicas ready after {timeout:g}s")
+            await asyncio.sleep(0.05)
+
+    async def flush(self) -> None:
+        """Wait until the router's events (pool.scaled, ...) have left its process."""
+        await self.ref.flush()
+
+    async def stop(self) -> None:
+        """Finish the calls in progress, then stop the router and its replicas."""
+        await self.ref.stop("pool stopped")
+
+
+def pool_config(name: str, tools: Sequence[Tool], **options: Any) -> PoolConfig:
+    """The config of a pool of `tools` (ValueError naming the pool if it is not sound)."""
+    if not tools:
+        raise ValueError(f"pool {name!r} needs at least one tool")
+    names = [t.name for t in tools]
+    if len(set(names)) != len(names):
+        raise ValueError(f"pool {name!r}: tool names repeat: {sorted(names)}")
+    return PoolConfig(name=name, **options)
+
+
+def router_options(config: PoolConfig) -> dict[str, Any]:
+    """Ray options of the router: room for every call it may hold at once, plus pings."""
+    return {"max_concurrency": config.router_concurrency + 64}

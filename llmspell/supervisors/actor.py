@@ -1,0 +1,302 @@
+"""SupervisorActor: the Ray shell around SupervisorCore.
+
+It starts its children (named actors of the job, restartable by Ray so that a restart keeps the
+name and every handle valid), notices a death at once (each child's `watch()` call fails when
+its process dies) and a hang by a missed health check, and applies the core's decision:
+restart the affected children (each restores its last snapshot), or stop them all and escalate
+to its parent supervisor, up to the top, where the job fails with the chain of causes. Every
+decision is an event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import time
+from typing import Any
+
+import ray
+from ray.exceptions import RayActorError
+
+from llmspell.actors.base import ActorBase
+from llmspell.runtime.errors import ActorError, ActorUnavailable, LlmspellError
+from llmspell.runtime.messages import Envelope
+from llmspell.runtime.spawning import spawn_actor
+from llmspell.supervisors.supervisor import (
+    ChildSpec,
+    Decision,
+    Restart,
+    SupervisorCore,
+    SupervisorSpec,
+)
+
+__all__ = ["ChildLost", "ChildStart", "SupervisorActor", "ask_supervised"]
+
+
+class ChildStart:
+    """How to start one child: its supervision spec, its actor class and arguments, and spawn
+    options (concurrency, num_cpus, snapshot_every, mailbox_capacity...)."""
+
+    def __init__(self, spec: ChildSpec | dict[str, Any], cls: type, *args: Any,
+                 options: dict[str, Any] | None = None, **kwargs: Any) -> None:
+        self.spec = spec if isinstance(spec, ChildSpec) else ChildSpec.model_validate(spec)
+        self.cls = cls
+        self.args = args
+        self.kwargs = kwargs
+        self.options = dict(options or {})
+
+
+class SupervisorActor(ActorBase):
+    def setup(self, spec: SupervisorSpec, starts: list[ChildStart],
+              parent: str | None = None) -> None:
+        names = [s.spec.name for s in starts]
+        if names != [c.name for c in spec.children]:
+            spec = spec.model_copy(update={"children": [s.spec for s in starts]})
+        self.core = SupervisorCore(spec)
+        self.starts = {s.spec.name: s for s in starts}
+        self.parent = parent
+        self.handles: dict[str, Any] = {}
+        self.pids: dict[str, int] = {}
+        self._expected: set[str] = set()  # children we are restarting: their death is ours
+        self._watchers: dict[str, asyncio.Task[None]] = {}
+        self._health: asyncio.Task[None] | None = None
+        self._lock = asyncio.Lock()
+        self._escalated: dict[str, list[str]] = {}  # child supervisor -> its chain of causes
+
+    def address_of(self, child: str) -> str:
+        return f"{self.address}.{child}"
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    async def on_start(self) -> None:
+        for name in self.core.order:
+            self._spawn(name)
+        await asyncio.gather(*(self._ready(n) for n in self.core.order))
+        self._watch_all()
+
+    async def on_restart(self) -> None:
+        """This supervisor was restarted: children still alive are watched again; children
+        that went down with it (an escalation) are replaced, restored from their snapshots."""
+        for name in self.core.order:
+            try:
+                self.handles[name] = ray.get_actor(self.address_of(name),
+                                                   namespace=self.settings.namespace)
+                self.node.adopt(self.address_of(name), self.handles[name])
+            except ValueError:
+                await self._respawn(name)
+        await asyncio.gather(*(self._ready(n) for n in self.core.order))
+        self._watch_all()
+
+    async def on_stop(self) -> None:
+        self._stop_watching()
+        await asyncio.gather(*(self._stop_child(n) for n in reversed(self.core.order)),
+                             return_exceptions=True)
+
+    def _spawn(self, name: str, *, restore: bool = False) -> None:
+        start = self.starts[name]
+        restarts = 0 if start.spec.restart == Restart.temporary else -1
+        self.handles[name] = spawn_actor(
+            self.node, start.cls, self.address_of(name), start.args, start.kwargs,
+            job_id=self.job_id, settings=self.settings, max_restarts=restarts,
+            extra={"restore": restore}, **start.options)
+
+    async def _respawn(self, name: str, timeout: float = 30.0) -> None:
+        """A replacement under the old name, which Ray frees a moment after the old death."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                self._spawn(name, restore=True)
+                return
+            except LlmspellError:
+                if time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.1)
+
+    async def _ready(self, name: str, timeout: float = 60.0) -> None:
+        info = await asyncio.wait_for(self.handles[name].ping.remote(), timeout)
+        self.pids[name] = int(info["pid"])
+
+    # -- noticing failures ------------------------------------------------------------------
+
+    def _watch_all(self) -> None:
+        for name in self.core.order:
+            self._watch(name)
+        if self._health is None and any(c.deadline_s for c in self.core.children.values()):
+            self._health = asyncio.get_running_loop().create_task(self._check_health())
+
+    def _watch(self, name: str) -> None:
+        old = self._watchers.get(name)
+        if old is not None and not old.done():
+            return
+        task = asyncio.get_running_loop().create_task(
+            self._await_death(name), name=f"{self.address}:watch:{name}")
+        task.add_done_callback(self._report_crash)
+        self._watchers[name] = task
+
+    def _report_crash(self, task: asyncio.Task[None]) -> None:
+        """A watcher that raised must not die unseen: a supervisor that cannot act is broken."""
+        if task.cancelled() or task.exception() is None:
+            return
+        error = task.exception()
+        self.log.error("supervision failed", task=task.get_name(), error=repr(error))
+        self.node.publish_nowait("supervisor.error", {
+            "supervisor": self.address, "task": task.get_name(), "error": repr(error)[:1000]})
+
+    async def _await_death(self, name: str) -> None:
+        try:
+            await self.handles[name].watch.remote()
+        except RayActorError as exc:
+            chain = self._escalated.pop(name, None)
+            cause = " <- ".join(chain) if chain else (
+                f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}")
+            await self._failed(name, cause)
+
+    async def _check_health(self) -> None:
+        while not self.core.failed:
+            await asyncio.sleep(self.core.spec.health_interval_s)
+            for name, spec in self.core.children.items():
+                if spec.deadline_s is None or name in self._expected:
+                    continue
+                try:
+                    await asyncio.wait_for(self.handles[name].ping.remote(), spec.deadline_s)
+                except TimeoutError:
+                    self.log.warning("child missed its deadline", child=name)
+                    await self._failed(name, f"no answer to a health check within "
+                                             f"{spec.deadline_s:g}s (hung)", kill=True)
+                except RayActorError:
+                    pass  # a death: its watcher reports it
+
+    async def _failed(self, name: str, cause: str, *, kill: bool = False) -> None:
+        async with self._lock:  # one decision at a time: a one_for_all restart kills siblings
+            if name in self._expected:
+                return
+            decision = self.core.on_failure(name, cause)
+            await self.publish("supervisor.child.failed", {
+                "supervisor": self.address, "child": name, "cause": cause,
+                "decision": decision.action, "reason": decision.reason,
+                "restart": decision.restart})
+            if decision.action == "restart":
+                await self._restart(decision, kill_failed=kill)
+            elif decision.action == "escalate":
+                await self._escalate(decision)
+
+    # -- acting on decisions --------------------------------------------------------------------
+
+    async def _restart(self, decision: Decision, *, kill_failed: bool) -> None:
+        started = time.monotonic()
+        self._expected.update(decision.restart)
+        try:
+            for name in decision.restart:
+                if name != decision.child or kill_failed:
+                    self._watchers.pop(name, None)
+                    ray.kill(self.handles[name], no_restart=False)  # Ray starts a fresh process
+            await asyncio.gather(*(self._await_restarted(n) for n in decision.restart))
+        finally:
+            self._expected.difference_update(decision.restart)
+        for name in decision.restart:
+            self._watchers.pop(name, None)
+            self._watch(name)
+        await self.publish("supervisor.restarted", {
+            "supervisor": self.address, "child": decision.child, "restarted": decision.restart,
+            "strategy": str(self.core.spec.strategy),
+            "pids": {n: self.pids[n] for n in decision.restart},
+            "elapsed_ms": round((time.monotonic() - started) * 1e3, 1)})
+
+    async def _await_restarted(self, name: str, timeout: float = 60.0) -> None:
+        old = self.pids.get(name)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                info = await asyncio.wait_for(self.handles[name].ping.remote(), 5.0)
+            except (RayActorError, TimeoutError):
+                await asyncio.sleep(0.05)
+                continue
+            if int(info["pid"]) != old:
+                self.pids[name] = int(info["pid"])
+                return
+            await asyncio.sleep(0.05)  # still the old process: its death is not through yet
+        raise LlmspellError(f"child {name!r} of {self.address!r} did not come back within "
+                            f"{timeout:g}s")
+
+    async def _escalate(self, decision: Decision) -> None:
+        self._stop_watching()
+        for name in self.core.order:
+            with contextlib.suppress(ValueError, RayActorError):
+                ray.kill(self.handles[name], no_restart=True)
+        payload = {"supervisor": self.address, "causes": decision.causes,
+                   "reason": decision.reason}
+        await self.publish("supervisor.escalated", payload)
+        if self.parent is not None:
+            try:
+                await self.node.ask(self.parent, "supervisor.child_failed", {
+                    "child": self.address.rsplit(".", 1)[-1], "causes": decision.causes},
+                    timeout=10)
+                await self.node.flush()
+            except ActorError as exc:
+                self.log.warning("parent unreachable", parent=self.parent, error=str(exc))
+            else:
+                # As an OTP supervisor does, exit abnormally: the parent sees the death (with
+                # the causes it was just told) and restarts this subtree by its own strategy.
+                os._exit(1)
+        await self.publish("job.failed", payload)
+
+    def _stop_watching(self) -> None:
+        me = asyncio.current_task()  # the watcher escalating must finish its own work
+        for task in self._watchers.values():
+            if task is not me:
+                task.cancel()
+        self._watchers.clear()
+        if self._health is not None:
+            self._health.cancel()
+
+    async def _stop_child(self, name: str) -> None:
+        handle = self.handles.get(name)
+        if handle is not None:
+            await handle.stop.remote("the supervisor stopped")
+
+    # -- messages -------------------------------------------------------------------------------
+
+    async def handle(self, msg: Envelope) -> Any:
+        payload = msg.payload if isinstance(msg.payload, dict) else {}
+        match msg.type:
+            case "supervisor.status":
+                return self.status()
+            case "supervisor.child_failed":  # a child supervisor gives up; its death follows
+                self._escalated[str(payload["child"])] = list(payload.get("causes") or [])
+                return True
+        raise ValueError(f"supervisor {self.address!r} does not handle {msg.type!r}")
+
+    def status(self) -> dict[str, Any]:
+        return {"supervisor": self.address, "failed": self.core.failed,
+                "causes": list(self.core.causes),
+                "children": {n: {"address": self.address_of(n), "pid": self.pids.get(n),
+                                 "restarts": self.core.restart_counts[n]}
+                             for n in self.core.order}}
+
+
+class ChildLost(ActorError):
+    """A supervised child died with this ask in flight, and the ask was not safe to resend."""
+
+
+async def ask_supervised(node: Any, address: str, type: str, payload: Any = None, *,
+                         idempotent: bool, timeout: float = 60.0,
+                         restart_wait: float = 30.0) -> Any:
+    """Ask a supervised child, riding out its restart: an idempotent ask is sent again once the
+    child is back (restored from its snapshot); any other fails with ChildLost, because it may
+    have run before the death and must not run twice."""
+    deadline = time.monotonic() + timeout + restart_wait
+    delay = 0.05
+    while True:
+        try:
+            return await node.ask(address, type, payload,
+                                  timeout=max(0.1, min(timeout, deadline - time.monotonic())))
+        except ActorUnavailable as exc:
+            if not idempotent:
+                raise ChildLost(f"{address!r} died while handling {type!r}; not resent because "
+                                f"the ask is not idempotent ({exc.cause})", address=address
+                                ) from None
+            if time.monotonic() + delay > deadline:
+                raise
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 1.0)
