@@ -65,6 +65,26 @@ async def test_agent_calls_two_tools_in_parallel_through_the_real_sdk(
     assert int(sorted(r.content for r in tool_results)[0]) != os.getpid()  # ran in the actor
 
 
+async def test_one_of_two_parallel_tools_runs_in_a_pool_of_three_replicas(
+        runtime: Runtime, job_id: str, server: LocalLLMServer) -> None:
+    pool = runtime.spawn_pool("pids", [whoami], job_id=job_id, min_replicas=3, max_replicas=3)
+    await pool.wait_ready()
+    agent = spawn_agent(runtime, {"name": "pooled", "model": "openai:m",
+                                  "tools": ["get_weather", "whoami"]},
+                        job_id=job_id, tools=[get_weather, whoami], providers=providers(server),
+                        pools={"whoami": pool.address})
+    result = await agent.run("what is the weather?", timeout=60)
+    assert result.ok and result.output == "It is sunny in Paris."
+    contents = {r.call_id: r.content for m in result.messages for r in m.parts
+                if r.kind == "tool_result"}
+    assert "sunny in Paris" in contents.values()
+    stats = await pool.stats()
+    assert stats["replicas"] == 3 and stats["completed"] == 1  # whoami ran in the pool
+    status = await agent.ref.ping()
+    replica_pid = int(next(c for c in contents.values() if c.isdigit()))
+    assert replica_pid != status["pid"]  # not in the agent's process
+
+
 async def test_concurrent_requests_to_one_agent_never_interleave(
         runtime: Runtime, job_id: str, server: LocalLLMServer) -> None:
     agent = spawn_agent(runtime, {"name": "chat", "model": "openai:m"}, job_id=job_id,
