@@ -330,7 +330,14 @@ class AgentRunner:
         need = [c.id for c in calls if c.name in self.env.tools and c.name in self.spec.tools
                 and self.env.tools.get(c.name).requires_approval]
         now = [c for c in calls if c.id not in need]
-        results = await self._run_tools(run, now)
+        try:
+            results = await self._run_tools(run, now)
+        except (Cancelled, asyncio.CancelledError):
+            # Every call of the answer gets a result, so the history stays valid for the next
+            # run (a provider refuses a conversation with a tool call left unanswered).
+            self._append_results(run, calls, {c.id: ("the run was cancelled before this call's "
+                                                     "result came back", True) for c in calls})
+            raise
         if need:
             pending = PendingApproval(run_id=run.run_id, agent=self.spec.name, turn=run.turn,
                                       calls=calls, approvals_needed=need,

@@ -15,6 +15,7 @@ Plain Python: the same code runs in a test, in a driver, or inside a supervisor 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import json
 import re
@@ -24,16 +25,20 @@ from typing import Any, Protocol, runtime_checkable
 
 import jinja2
 
+from llmspell.agents.agent import Agent
+from llmspell.agents.env import AgentEnv
 from llmspell.agents.result import RunResult, RunStatus
 from llmspell.agents.spec import SpecError, _compiled
 from llmspell.llm.types import Usage
 from llmspell.runtime.errors import Cancelled, HookCancelled
 from llmspell.runtime.hooks import HookPoint
+from llmspell.runtime.messages import new_id
 from llmspell.tools.agent_tool import AgentTool
 from llmspell.tools.base import Tool, render_result
 from llmspell.tools.context import ToolContext
 
-__all__ = ["Bind", "Pattern", "Step", "as_step", "output_text", "root_context", "sum_usage"]
+__all__ = ["Bind", "Pattern", "Step", "as_step", "env_context", "output_text", "root_context",
+           "run_watched", "sum_usage"]
 
 _NAME = re.compile(r"^[a-zA-Z][a-zA-Z0-9_.-]{0,63}$")
 
@@ -260,6 +265,103 @@ class Bind:
                 input=input, inputs=inputs, previous=previous, state=state))
         except jinja2.TemplateError as exc:
             raise SpecError(f"step {self.name!r} input template: {exc}") from None
+
+
+# -- running members of a pattern ---------------------------------------------------------------
+
+def env_context(members: Any) -> ToolContext | None:
+    """A root context for a pattern run without one: the env of its first in-process agent (job,
+    state, events, hooks), so the pattern's events and state go where its agents' go."""
+    for member in members:
+        env = getattr(getattr(member, "target", member), "env", None)
+        if isinstance(env, AgentEnv):
+            return ToolContext(job_id=env.job_id, sandbox=env.sandbox, state=env.state,
+                               emit=env.emit, hooks=env.hooks, max_depth=env.max_depth)
+    return None
+
+
+async def run_watched(step: Step, input: str, ctx: ToolContext, *,
+                      grace: float = 2.0) -> RunResult:
+    """Run a member of a pattern while watching `ctx.cancel`; every outcome is a RunResult.
+
+    An agent in an actor (its run takes a run id, it has `cancel`) runs under a run id and is
+    told to cancel that run when the token fires, since the token does not cross processes.
+    Steps that stop by themselves when the token fires (agents, patterns, actor agents) then
+    get `grace` seconds to return their own cancelled result; other steps (functions, tools)
+    are interrupted at once. A raised error (an actor that died, a timeout) becomes a failed
+    result.
+    """
+    target = getattr(step, "target", None)
+    run_id = new_id() if _remote_cancellable(target) else None
+    task = asyncio.ensure_future(_run_member(step, target, run_id, input, ctx))
+    stop = asyncio.ensure_future(ctx.cancel.wait())
+    try:
+        await asyncio.wait({task, stop}, return_when=asyncio.FIRST_COMPLETED)
+        if not task.done() and (run_id is not None or _cooperative(step)):
+            await _cancel_remote(target, run_id, ctx.cancel.reason)
+            await asyncio.wait({task}, timeout=grace)
+    except asyncio.CancelledError:  # our caller was interrupted: the remote run stops too
+        await asyncio.shield(_cancel_remote(target, run_id, ctx.cancel.reason or "interrupted"))
+        task.cancel()
+        raise
+    finally:
+        stop.cancel()
+    if not task.done():
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        return RunResult(status=RunStatus.cancelled, agent=step.name,
+                         reason=ctx.cancel.reason or "cancelled")
+    return _member_result(step.name, task)
+
+
+async def _run_member(step: Step, target: Any, run_id: str | None, input: str,
+                      ctx: ToolContext) -> RunResult:
+    if run_id is None:
+        return await step.run(input, ctx=ctx)
+    return await _RunnableStep(_WithRunId(target, run_id)).run(input, ctx=ctx)
+
+
+class _WithRunId:
+    def __init__(self, target: Any, run_id: str) -> None:
+        self.target, self.run_id, self.name = target, run_id, target.name
+
+    async def run(self, input: str, *, ctx: ToolContext | None = None) -> Any:
+        return await self.target.run(input, ctx=ctx, run_id=self.run_id)
+
+
+def _member_result(name: str, task: asyncio.Future[RunResult]) -> RunResult:
+    try:
+        return task.result()
+    except Cancelled as exc:
+        return RunResult(status=RunStatus.cancelled, agent=name, reason=exc.reason)
+    except HookCancelled as exc:
+        return RunResult(status=RunStatus.cancelled, agent=name, reason=str(exc),
+                         cancelled_by=exc.hook)
+    except Exception as exc:
+        return RunResult(status=RunStatus.failed, agent=name,
+                         reason=f"{type(exc).__name__}: {exc}")
+
+
+async def _cancel_remote(target: Any, run_id: str | None, reason: str | None) -> None:
+    if run_id is not None:
+        with contextlib.suppress(Exception):  # the actor may be gone, and its run with it
+            await target.cancel(run_id, reason or "cancelled by its caller")
+
+
+def _cooperative(step: Any) -> bool:
+    """An agent or a pattern in this process: it watches its cancel token."""
+    inner = step.step if isinstance(step, Bind) else step
+    return isinstance(inner, Pattern) or isinstance(getattr(inner, "target", None), Agent)
+
+
+def _remote_cancellable(target: Any) -> bool:
+    """An agent in an actor (AgentHandle): its run takes a run id it can be cancelled by."""
+    if not callable(getattr(target, "cancel", None)):
+        return False
+    try:
+        return "run_id" in inspect.signature(target.run).parameters
+    except (AttributeError, TypeError, ValueError):
+        return False
 
 
 # -- small helpers ----------------------------------------------------------------------------
