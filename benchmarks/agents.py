@@ -68,13 +68,14 @@ def free_port() -> int:
 class ServerProcess:
     """The local LLM server in a process of its own, so neither side shares its GIL."""
 
-    def __init__(self, scenario: dict[str, Any], tmp: str) -> None:
-        path = Path(tmp) / "scenario.json"
+    def __init__(self, scenario: dict[str, Any], tmp: str, *, latency_ms: float = 0) -> None:
+        path = Path(tmp) / f"scenario-{free_port()}.json"
         path.write_text(json.dumps(scenario))
         self.port = free_port()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "llmspell", "llm-server", "--port", str(self.port),
-             "--scenario", str(path)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+             "--scenario", str(path), "--latency-ms", str(latency_ms)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             try:
