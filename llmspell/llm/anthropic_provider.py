@@ -173,6 +173,9 @@ class AnthropicProvider:
                 parts.append(_tool_call(block))
         usage = raw.get("usage") or {}
         calls = [p for p in parts if isinstance(p, ToolCall)]
+        reason = raw.get("stop_reason")
+        if reason == "tool_use" and not calls:  # only the structured output's forced tool
+            reason = "end_turn"
         return Response(
             message=Message(role="assistant", parts=parts),
             usage=Usage(
@@ -183,7 +186,7 @@ class AnthropicProvider:
                 cached_tokens=usage.get("cache_read_input_tokens") or 0,
                 cache_write_tokens=usage.get("cache_creation_input_tokens") or 0,
             ),
-            finish_reason=_finish(raw.get("stop_reason"), bool(calls)),
+            finish_reason=_finish(reason, bool(calls)),
             model=raw.get("model") or request.model,
             provider=self.name,
         )

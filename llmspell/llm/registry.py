@@ -2,7 +2,8 @@
 
 Built in: `openai` (the Responses API), `openai-chat` (Chat Completions), `anthropic`, `local`
 (Chat Completions against the local LLM server or any OpenAI-compatible server at
-LLMSPELL_LOCAL_LLM_URL) and `scripted`. Keys and endpoints come from the environment
+LLMSPELL_LOCAL_LLM_URL) and `scripted` (offline, answering from the scenario file named by its
+settings' `scenario`, if any). Keys and endpoints come from the environment
 (OPENAI_API_KEY, OPENAI_BASE_URL, ANTHROPIC_API_KEY, ANTHROPIC_BASE_URL) or from
 `ProviderSettings`; keys are SecretStr and never appear in logs, events or reprs.
 Users add their own with `register_provider(name, factory)`.
@@ -31,6 +32,7 @@ class ProviderSettings(BaseModel):
     timeout: float = 60.0
     requests_per_minute: int | None = None
     tokens_per_minute: int | None = None
+    scenario: str | None = None  # scripted: a scenario file (YAML or JSON) to answer from
 
 
 class UnknownProvider(LlmspellError, KeyError):
@@ -88,7 +90,7 @@ def _local(settings: ProviderSettings) -> Provider:
 def _scripted(settings: ProviderSettings) -> Provider:
     from llmspell.llm.scripted import ScriptedProvider
 
-    return ScriptedProvider()
+    return ScriptedProvider(scenario=settings.scenario)
 
 
 class ProviderRegistry:

@@ -124,3 +124,41 @@ class LimitedCaller(ActorBase):
             return time.time()
 
         return list(await asyncio.gather(*(one() for _ in range(p["calls"]))))
+
+
+class LLMCaller(ActorBase):
+    """Calls a model through `LLM` with a rate limit shared by every actor of the runtime:
+    `calls` calls at once against an OpenAI-compatible server, answers in order."""
+
+    async def handle(self, msg: Envelope) -> Any:
+        from llmspell.llm.client import LLM, Limiters
+        from llmspell.llm.openai_provider import OpenAIProvider
+        from llmspell.llm.ratelimit import Limits, RateLimiter, SharedRateLimiter, limiter_service
+        from llmspell.llm.registry import ProviderRegistry, ProviderSettings
+        from llmspell.llm.types import LLMRequest, Message
+
+        p = msg.payload
+        provider = OpenAIProvider(name="limited", api="chat", api_key="k", base_url=p["url"])
+        registry = ProviderRegistry()
+        registry.register("limited", provider,
+                          ProviderSettings(requests_per_minute=p["rpm"]))
+        # The limiter Limiters makes for these settings, with the test's short window instead
+        # of a minute (settings have no window: real limits are per minute).
+        shared = SharedRateLimiter(p["key"], Limits(p["rpm"], None, p["window"]),
+                                   limiter_service(self.settings.namespace))
+
+        class ShortWindow(Limiters):
+            def get(self, name: str) -> RateLimiter | SharedRateLimiter | None:
+                return shared if name == "limited" else super().get(name)
+
+        llm = LLM(registry=registry, limiters=ShortWindow(registry), publish=self.publish,
+                  job_id=self.job_id, caller=self.address)
+        # One unlimited call first, so that the SDK's first-call setup (a connection, its
+        # platform headers) does not delay a limited request between its grant and its send.
+        await provider.complete(LLMRequest(model="m", messages=[Message.user("warm-up")]))
+
+        async def one(i: int) -> str:
+            response = await llm.complete("limited:m", [Message.user(f"{p['name']}-{i}")])
+            return response.text
+
+        return list(await asyncio.gather(*(one(i) for i in range(p["calls"]))))
