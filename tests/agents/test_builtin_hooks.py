@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import structlog
 
-from llmspell.agents import Agent, AgentEnv, RunStatus
+from llmspell.agents import RunStatus
 from llmspell.agents.hooks import (
     BudgetHook,
     CircuitBreaker,
@@ -35,68 +35,15 @@ from llmspell.agents.hooks import (
 from llmspell.llm.client import LLM, ModelConfig
 from llmspell.llm.errors import LLMError, LLMServerError
 from llmspell.llm.pricing import Price, PriceTable
-from llmspell.llm.registry import ProviderRegistry
-from llmspell.llm.scripted import ScriptedProvider
-from llmspell.llm.types import LLMRequest, Message, ToolCall
+from llmspell.llm.types import LLMRequest, Message
 from llmspell.runtime.errors import HookCancelled
 from llmspell.runtime.eventlog import EventLog
 from llmspell.runtime.events import Event
 from llmspell.runtime.hooks import HookPoint, HookRegistry
 from llmspell.runtime.logs import configure_logging
 from llmspell.runtime.state import SQLiteBackend, StateStore
-from llmspell.tools import ToolRegistry, tool
-
-
-def call(name: str, cid: str = "c1", **arguments: Any) -> ToolCall:
-    return ToolCall(id=cid, name=name, arguments=arguments)
-
-
-class World:
-    """An env whose model answers from a script, with every event it emitted (hook reports
-    included: the registry emits to the same list)."""
-
-    def __init__(self, *script: Any, job_id: str = "job-1", prices: PriceTable | None = None,
-                 redaction: SecretRedaction | None = None) -> None:
-        self.provider = ScriptedProvider(script)
-        providers = ProviderRegistry()
-        providers.register("scripted", self.provider)
-        self.events: list[tuple[str, dict[str, Any]]] = []
-        self.tools = ToolRegistry()
-        emit = self.emit if redaction is None else redaction.wrap_emit(self.emit)
-        self.hooks = HookRegistry(emit=emit)
-        self.env = AgentEnv(providers=providers, tools=self.tools, hooks=self.hooks,
-                            emit=emit, job_id=job_id, prices=prices or PriceTable())
-
-    def emit(self, topic: str, payload: dict[str, Any]) -> None:
-        self.events.append((topic, payload))
-
-    def agent(self, **fields: Any) -> Agent:
-        fields.setdefault("name", "a")
-        fields.setdefault("model", "scripted:m")
-        fields.setdefault("stream", False)
-        return Agent(env=self.env, **fields)
-
-    def topics(self) -> list[str]:
-        return [t for t, _ in self.events]
-
-    def payloads(self, topic: str) -> list[dict[str, Any]]:
-        return [p for t, p in self.events if t == topic]
-
-    def tool_results(self, request_index: int) -> list[Any]:
-        msgs = self.provider.requests[request_index].messages
-        return [p for m in msgs for p in m.parts if p.kind == "tool_result"]
-
-
-@tool
-def add(a: int, b: int) -> int:
-    """Add two integers.
-
-    Args:
-        a: the first
-        b: the second
-    """
-    return a + b
-
+from llmspell.tools import tool
+from tests.world import World, add, call
 
 # --- budget ---------------------------------------------------------------------------------
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from llmspell.agents import Agent, AgentEnv, RunStatus
+from llmspell.agents import RunStatus
 from llmspell.agents.guardrails import (
     GuardrailContext,
     GuardrailResult,
@@ -20,34 +20,8 @@ from llmspell.agents.guardrails import (
     output_guardrail,
 )
 from llmspell.agents.hooks import HookSpecError, install
-from llmspell.llm.registry import ProviderRegistry
-from llmspell.llm.scripted import ScriptedProvider
-from llmspell.runtime.hooks import HookPoint, HookRegistry
-
-
-class World:
-    """An env whose model answers from a script, with every event it emitted."""
-
-    def __init__(self, *script: Any) -> None:
-        self.provider = ScriptedProvider(script)
-        providers = ProviderRegistry()
-        providers.register("scripted", self.provider)
-        self.events: list[tuple[str, dict[str, Any]]] = []
-        self.hooks = HookRegistry(emit=self.emit)
-        self.env = AgentEnv(providers=providers, hooks=self.hooks, emit=self.emit,
-                            job_id="job-g")
-
-    def emit(self, topic: str, payload: dict[str, Any]) -> None:
-        self.events.append((topic, payload))
-
-    def agent(self, **fields: Any) -> Agent:
-        fields.setdefault("name", "a")
-        fields.setdefault("model", "scripted:m")
-        fields.setdefault("stream", False)
-        return Agent(env=self.env, **fields)
-
-    def payloads(self, topic: str) -> list[dict[str, Any]]:
-        return [p for t, p in self.events if t == topic]
+from llmspell.runtime.hooks import HookPoint
+from tests.world import World
 
 
 @input_guardrail

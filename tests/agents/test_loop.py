@@ -12,52 +12,10 @@ from llmspell.agents import Agent, AgentEnv, AgentSpec, RunStatus
 from llmspell.agents.lifecycle import AgentStatus, IllegalTransition, Lifecycle
 from llmspell.agents.loop import AgentBusy, Decision
 from llmspell.agents.result import PendingApproval
-from llmspell.llm.registry import ProviderRegistry
-from llmspell.llm.scripted import ScriptedProvider
 from llmspell.llm.types import LLMRequest, ToolCall
 from llmspell.runtime.hooks import Cancel, HookContext, HookPoint, Modify
 from llmspell.tools import ToolContext, ToolNotFound, ToolRegistry, tool
-
-
-def call(name: str, cid: str = "c1", **arguments: Any) -> ToolCall:
-    return ToolCall(id=cid, name=name, arguments=arguments)
-
-
-class World:
-    """An env whose model answers from a script, with every event it emitted."""
-
-    def __init__(self, *script: Any) -> None:
-        self.provider = ScriptedProvider(script)
-        providers = ProviderRegistry()
-        providers.register("scripted", self.provider)
-        self.events: list[tuple[str, dict[str, Any]]] = []
-        self.tools = ToolRegistry()
-        self.env = AgentEnv(providers=providers, tools=self.tools,
-                            emit=lambda t, p: self.events.append((t, p)))
-
-    def agent(self, **fields: Any) -> Agent:
-        fields.setdefault("name", "a")
-        fields.setdefault("model", "scripted:m")
-        fields.setdefault("stream", False)
-        return Agent(env=self.env, **fields)
-
-    def topics(self) -> list[str]:
-        return [t for t, _ in self.events]
-
-    def tool_results(self, request_index: int) -> list[Any]:
-        msgs = self.provider.requests[request_index].messages
-        return [p for m in msgs for p in m.parts if p.kind == "tool_result"]
-
-
-@tool
-def add(a: int, b: int) -> int:
-    """Add two integers.
-
-    Args:
-        a: the first
-        b: the second
-    """
-    return a + b
+from tests.world import World, add, call
 
 
 async def test_final_answer_and_usage() -> None:

@@ -10,7 +10,7 @@ from llmspell.runtime.state import SQLiteBackend, StateStore
 from llmspell.runtime.state_client import LocalState
 from llmspell.supervisors.base import Bind, Pattern, as_step
 from llmspell.tools import ToolContext, tool
-from tests.agents.test_loop import World
+from tests.world import World
 
 
 @tool
