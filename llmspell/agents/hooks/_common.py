@@ -12,6 +12,7 @@ payload the failing operation carried):
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, NamedTuple, Protocol
@@ -159,3 +160,45 @@ Factory = Callable[[Mapping[str, Any], HookResources], BuiltinHook]
 def report(registry: HookRegistry, topic: str, data: dict[str, Any]) -> None:
     """Publish an event through the registry's emitter (the runtime's bus), never raising."""
     registry.report(topic, data)
+
+
+class TimingObserver:
+    """Base of the observers that time operations (logging, metrics): registered first at the
+    before points (so calls a later hook refuses are timed too) and last at the after points
+    (to see the result as the other hooks left it); subclasses implement `after` and `error`."""
+
+    name = "timing"
+    default_priority = 1000
+
+    def __init__(self) -> None:
+        self._started = f"llmspell.{self.name}.{id(self)}"  # this instance's note in metadata
+
+    def register(self, registry: HookRegistry, *, priority: int | None = None
+                 ) -> list[Registration]:
+        p = self.default_priority if priority is None else priority
+        regs = [registry.register(point, self.before, priority=p, name=self.name)
+                for point in TIMED_BEFORE]
+        regs += [registry.register(point, self.after, priority=-p, name=self.name)
+                 for point in TIMED_AFTER]
+        regs.append(registry.register(HookPoint.on_error, self.error, priority=-p,
+                                      name=self.name))
+        return regs
+
+    def before(self, ctx: HookContext) -> None:
+        ctx.metadata[self._started] = time.perf_counter()
+
+    def after(self, ctx: HookContext) -> None:
+        raise NotImplementedError
+
+    def error(self, ctx: HookContext) -> None:
+        raise NotImplementedError
+
+    def elapsed_ms(self, ctx: HookContext) -> float | None:
+        started = ctx.metadata.get(self._started)
+        return None if started is None else (time.perf_counter() - started) * 1e3
+
+
+TIMED_BEFORE = (HookPoint.before_llm_call, HookPoint.before_tool_call,
+                HookPoint.before_agent_run)
+TIMED_AFTER = (HookPoint.after_llm_call, HookPoint.after_tool_call,
+               HookPoint.after_agent_run)

@@ -9,19 +9,23 @@ content, logs carry facts. The line goes through structlog's processors, which r
 
 from __future__ import annotations
 
-import time
 from collections.abc import Mapping
 from typing import Any, Literal
 
-from llmspell.agents.hooks._common import HookResources, Op, Options, failure_kind, operation
+from llmspell.agents.hooks._common import (
+    HookResources,
+    Op,
+    Options,
+    TimingObserver,
+    failure_kind,
+    operation,
+)
 from llmspell.llm.types import Response
-from llmspell.runtime.hooks import HookContext, HookPoint, HookRegistry, Registration
+from llmspell.runtime.hooks import HookContext
 from llmspell.runtime.logs import get_logger, redact
 
 __all__ = ["LoggingHook", "LoggingOptions", "build"]
 
-_BEFORE = (HookPoint.before_llm_call, HookPoint.before_tool_call, HookPoint.before_agent_run)
-_AFTER = (HookPoint.after_llm_call, HookPoint.after_tool_call, HookPoint.after_agent_run)
 _FINE = frozenset({"ok", "completed", "handoff", "paused"})  # run statuses that are no failure
 
 
@@ -30,33 +34,16 @@ class LoggingOptions(Options):
     """The level of lines for operations that succeeded (failures are warnings)."""
 
 
-class LoggingHook:
+class LoggingHook(TimingObserver):
     """Logs every operation with its duration. An observer: it never changes anything."""
 
     name = "logging"
-    default_priority = 1000
 
     def __init__(self, options: LoggingOptions | None = None, /, *, logger: Any = None,
                  **fields: Any) -> None:
         self.options = options or LoggingOptions(**fields)
         self.log = logger if logger is not None else get_logger(component="hooks")
-        self._started = f"llmspell.logging.{id(self)}"  # this instance's note in ctx.metadata
-
-    def register(self, registry: HookRegistry, *, priority: int | None = None
-                 ) -> list[Registration]:
-        """Before hooks run first (to time everything, even calls a later hook refuses);
-        after hooks run last (to see the result as the other hooks left it)."""
-        p = self.default_priority if priority is None else priority
-        regs = [registry.register(point, self.before, priority=p, name=self.name)
-                for point in _BEFORE]
-        regs += [registry.register(point, self.after, priority=-p, name=self.name)
-                 for point in _AFTER]
-        regs.append(registry.register(HookPoint.on_error, self.error, priority=-p,
-                                      name=self.name))
-        return regs
-
-    def before(self, ctx: HookContext) -> None:
-        ctx.metadata[self._started] = time.perf_counter()
+        super().__init__()
 
     def after(self, ctx: HookContext) -> None:
         op = operation(ctx)
@@ -79,8 +66,8 @@ class LoggingHook:
                          error=redact(str(error))[:500])
 
     def _fields(self, ctx: HookContext, op: Op) -> dict[str, Any]:
-        started = ctx.metadata.get(self._started)
-        duration = None if started is None else round((time.perf_counter() - started) * 1e3, 3)
+        elapsed = self.elapsed_ms(ctx)
+        duration = None if elapsed is None else round(elapsed, 3)
         return {"op": op.kind, "target": op.name, "agent": op.agent, "job_id": ctx.job_id,
                 "attempt": ctx.attempt, "duration_ms": duration}
 

@@ -13,7 +13,6 @@ totals), which is what a progress view or a usage report wants to show.
 from __future__ import annotations
 
 import math
-import time
 from collections import Counter, deque
 from collections.abc import Mapping
 from typing import Any
@@ -26,16 +25,15 @@ from llmspell.agents.hooks._common import (
     Op,
     OpKind,
     Options,
+    TimingObserver,
     failure_kind,
     operation,
 )
 from llmspell.llm.types import Response
-from llmspell.runtime.hooks import HookContext, HookPoint, HookRegistry, Registration
+from llmspell.runtime.hooks import HookContext
 
 __all__ = ["LatencySeries", "MetricsHook", "MetricsOptions", "build", "percentile"]
 
-_BEFORE = (HookPoint.before_llm_call, HookPoint.before_tool_call, HookPoint.before_agent_run)
-_AFTER = (HookPoint.after_llm_call, HookPoint.after_tool_call, HookPoint.after_agent_run)
 
 
 class MetricsOptions(Options):
@@ -80,48 +78,28 @@ class LatencySeries:
                 "max_ms": round(self.max_ms, 3)}
 
 
-class MetricsHook:
+class MetricsHook(TimingObserver):
     """Per-kind series: "llm" by model, "tool" by tool, "agent" by agent (runs, plus counts of
     the model and tool calls each agent made). An observer: it never changes anything."""
 
     name = "metrics"
-    default_priority = 1000
 
     def __init__(self, options: MetricsOptions | None = None, /, **fields: Any) -> None:
         self.options = options or MetricsOptions(**fields)
         self.series: dict[OpKind, dict[str, LatencySeries]] = {
             "llm": {}, "tool": {}, "agent": {}}
         self.per_agent_calls: dict[str, Counter[str]] = {}
-        self._started = f"llmspell.metrics.{id(self)}"
-
-    def register(self, registry: HookRegistry, *, priority: int | None = None
-                 ) -> list[Registration]:
-        """First at before points (so refused calls are timed too), last at after points."""
-        p = self.default_priority if priority is None else priority
-        regs = [registry.register(point, self.before, priority=p, name=self.name)
-                for point in _BEFORE]
-        regs += [registry.register(point, self.after, priority=-p, name=self.name)
-                 for point in _AFTER]
-        regs.append(registry.register(HookPoint.on_error, self.error, priority=-p,
-                                      name=self.name))
-        return regs
-
-    def before(self, ctx: HookContext) -> None:
-        ctx.metadata[self._started] = time.perf_counter()
+        super().__init__()
 
     def after(self, ctx: HookContext) -> None:
         op = operation(ctx)
         if op is not None:
-            self._observe(op, _outcome(op, ctx), self._elapsed_ms(ctx))
+            self._observe(op, _outcome(op, ctx), self.elapsed_ms(ctx))
 
     def error(self, ctx: HookContext) -> None:
         op = operation(ctx)
         if op is not None:
-            self._observe(op, failure_kind(ctx.error), self._elapsed_ms(ctx))
-
-    def _elapsed_ms(self, ctx: HookContext) -> float | None:
-        started = ctx.metadata.get(self._started)
-        return None if started is None else (time.perf_counter() - started) * 1e3
+            self._observe(op, failure_kind(ctx.error), self.elapsed_ms(ctx))
 
     def _observe(self, op: Op, outcome: str, ms: float | None) -> None:
         if op.kind == "state":
