@@ -20,7 +20,6 @@ from llmspell.agents.hooks import (
     CircuitBreaker,
     HookSpec,
     HookSpecError,
-    JobState,
     LoggingHook,
     MetricsHook,
     RateLimitHook,
@@ -42,6 +41,7 @@ from llmspell.runtime.events import Event
 from llmspell.runtime.hooks import HookPoint, HookRegistry
 from llmspell.runtime.logs import configure_logging
 from llmspell.runtime.state import SQLiteBackend, StateStore
+from llmspell.runtime.state_client import LocalState
 from llmspell.tools import tool
 from tests.world import World, add, call
 
@@ -83,8 +83,8 @@ async def test_a_shared_ledger_counts_every_actors_spending(tmp_path: Path) -> N
     try:
         worlds = [World(job_id="job-7"), World(job_id="job-7")]
         for w in worlds:
-            BudgetHook(max_tokens=5, ledger=StateLedger(JobState(store, "job-7"))).register(
-                w.hooks)
+            ledger = StateLedger(LocalState(store, job_id="job-7"))
+            BudgetHook(max_tokens=5, ledger=ledger).register(w.hooks)
         spent = await worlds[0].agent().run("spend some tokens")
         assert spent.ok and spent.usage.total_tokens >= 5
         refused = await worlds[1].agent(name="b").run("hello")
@@ -100,7 +100,7 @@ async def test_a_shared_ledger_counts_every_actors_spending(tmp_path: Path) -> N
 async def test_concurrent_ledger_writes_add_up(tmp_path: Path) -> None:
     store = StateStore(SQLiteBackend(tmp_path / "state.db"))
     try:
-        ledgers = [StateLedger(JobState(store, "j")) for _ in range(4)]
+        ledgers = [StateLedger(LocalState(store, job_id="j")) for _ in range(4)]
         await asyncio.gather(*(ledgers[i % 4].add("j", f"agent{i % 3}", 10, 0.5)
                                for i in range(40)))
         job, agent0 = await ledgers[0].spent("j", "agent0")
@@ -397,7 +397,7 @@ async def test_install_registers_hooks_named_in_a_spec(tmp_path: Path) -> None:
              "priority": 10},
             HookSpec(name="metrics"),
             {"name": "cache", "options": {"path": str(tmp_path / "c.db"), "ttl_s": 60}},
-        ], state=JobState(store, "job-1"))
+        ], state=LocalState(store, job_id="job-1"))
         assert [type(h).__name__ for h in installed] == ["BudgetHook", "MetricsHook",
                                                          "ResponseCache"]
         before = [(r.name, r.priority) for r in w.hooks.hooks(HookPoint.before_llm_call)]

@@ -57,7 +57,6 @@ from llmspell.agents.hooks.breaker import BreakerOptions, BreakerState, CircuitB
 from llmspell.agents.hooks.budget import (
     BudgetHook,
     BudgetOptions,
-    JobState,
     MemoryLedger,
     StateLedger,
 )
@@ -88,7 +87,6 @@ __all__ = [
     "HookSpec",
     "HookSpecError",
     "InputGuardrail",
-    "JobState",
     "LoggingHook",
     "LoggingOptions",
     "MemoryLedger",

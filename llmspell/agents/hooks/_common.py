@@ -128,7 +128,7 @@ class OptionError(ValueError):
 class VersionedStore(Protocol):
     """The part of a state store a shared ledger needs, bound to one job.
 
-    `llmspell.runtime.state_client.StateClient` is one; `JobState` adapts the in-process
+    `llmspell.runtime.state_client.StateClient` is one; `LocalState` adapts the in-process
     `StateStore`. A lost compare-and-set raises `VersionConflict`.
     """
 

@@ -36,12 +36,11 @@ from llmspell.agents.hooks._common import (
 from llmspell.llm.types import Response
 from llmspell.runtime.errors import StateError, VersionConflict
 from llmspell.runtime.hooks import Cancel, HookContext, HookPoint, HookRegistry, Registration
-from llmspell.runtime.state import StateStore, Versioned
+from llmspell.runtime.state import Versioned
 
 __all__ = [
     "BudgetHook",
     "BudgetOptions",
-    "JobState",
     "Ledger",
     "MemoryLedger",
     "Spend",
@@ -116,7 +115,7 @@ class StateLedger:
 
     The value at `key` is {"tokens", "cost_usd", "agents": {name: {"tokens", "cost_usd"}}};
     `add` reads it, adds and writes it back with compare-and-set, retrying on a conflict.
-    `store` is bound to one job (a StateClient, or `JobState` over an in-process StateStore),
+    `store` is bound to one job (a StateClient, or a LocalState over an in-process StateStore),
     so the `job_id` arguments only have to match it.
     """
 
@@ -167,22 +166,6 @@ def _added(entry: Mapping[str, Any], tokens: int, cost_usd: float) -> dict[str, 
 
 def _spend(entry: Mapping[str, Any]) -> Spend:
     return Spend(int(entry.get("tokens", 0)), float(entry.get("cost_usd", 0.0)))
-
-
-class JobState:
-    """An in-process `StateStore` seen through one job, the way a StateClient sees it."""
-
-    def __init__(self, store: StateStore, job_id: str) -> None:
-        self.store = store
-        self.job_id = job_id
-
-    async def get_versioned(self, key: str) -> Versioned | None:
-        return await self.store.get_versioned(key, job_id=self.job_id)
-
-    async def compare_and_set(self, key: str, value: Any, expected_version: int | None
-                              ) -> int:
-        return await self.store.compare_and_set(key, value, expected_version,
-                                                job_id=self.job_id)
 
 
 class BudgetHook:
