@@ -1,0 +1,222 @@
+"""Workflow figures for benchmarks/patterns.py (issue 5): MapReduce and Parallel makespans
+against their ideal, with the local LLM server answering each call after 50 ms.
+
+    python -m benchmarks.patterns_workflows          # its own server and Ray; prints JSON
+
+As a user would run them: agents in an actor (one host carrying them all), the workflow in the
+driver, its events in the job's event log, its steps checkpointed in the state service, and the
+built-in logging, metrics and usage hooks installed on the agents.
+
+- `measure_mapreduce`: 200 items over 8 agents (a worker pool of 8), one model call per item,
+  then one reduce call. Ideal: ceil(200 / 8) x 50 ms + 50 ms.
+- `measure_parallel`: 200 branches (200 agents), at most 20 at once, one call each.
+  Ideal: ceil(200 / 20) x 50 ms.
+
+Efficiency is ideal / makespan (target >= 0.85). Each agent answers once before the clock
+starts, so the figure measures the workflow, not actor start-up or the first HTTP connection.
+In the same run, the reference: the same calls made straight from the driver with the openai
+SDK (asyncio tasks, the same concurrency, no agents, actors, events, hooks or checkpoints):
+`*_bare_sdk_efficiency` is the most this machine allows with the server and the client sharing
+its cores. And between the two, `*_agents_only_efficiency`: the same agents in the same actor
+driven by a plain asyncio worker pool (no workflow: no step events, hooks or checkpoints), which
+separates the cost of the agent layer from the cost of the workflow.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from llmspell import Runtime
+from llmspell.actors.agent_actor import AgentHandle, HostSetup, spawn_host
+from llmspell.agents import AgentSpec
+from llmspell.runtime.messages import new_id
+from llmspell.runtime.state_client import StateClient
+from llmspell.supervisors.workflows import MapReduce, Parallel
+from llmspell.tools import ToolContext
+
+__all__ = ["CALL_MS", "measure_mapreduce", "measure_parallel"]
+
+CALL_MS = 50  # the server's latency per call, which the ideal figures assume
+HOOKS = [{"name": "logging"}, {"name": "metrics"}, {"name": "usage"}]
+
+
+def _host(runtime: Runtime, job: str, server_url: str, names: Sequence[str]
+          ) -> list[AgentHandle]:
+    """`server_url` is the OpenAI base URL of the local LLM server (ending in /v1)."""
+    specs = [AgentSpec.model_validate({"name": n, "model": "openai-chat:m", "stream": False,
+                                       "memory": {"kind": "window", "max_messages": 4}})
+             for n in names]
+    providers: dict[str, Any] = {"openai-chat": {"base_url": server_url,
+                                                 "api_key": "sk-bench"}}
+    return spawn_host(runtime, "agents", HostSetup(specs, providers=providers,
+                                                   hook_specs=HOOKS), job_id=job)
+
+
+def _ctx(runtime: Runtime, job: str) -> ToolContext:
+    return ToolContext(job_id=job, state=StateClient(runtime.node, job_id=job),
+                       emit=lambda t, p: runtime.node.publish_nowait(t, p, job_id=job))
+
+
+async def _warm(agents: Sequence[AgentHandle], concurrency: int = 20) -> None:
+    gate = asyncio.Semaphore(concurrency)
+
+    async def one(agent: AgentHandle) -> None:
+        async with gate:
+            result = await agent.run("warm up", timeout=120)
+            assert result.ok, result.reason
+
+    await asyncio.gather(*(one(a) for a in agents))
+
+
+async def _bare_sdk(server_url: str, calls: int, concurrency: int, then: int = 0) -> float:
+    """The makespan of `calls` SDK calls, `concurrency` at a time, then `then` more calls."""
+    import openai
+
+    client = openai.AsyncOpenAI(base_url=server_url, api_key="sk-bench", max_retries=0)
+    gate = asyncio.Semaphore(concurrency)
+
+    async def one(i: int) -> None:
+        async with gate:
+            await client.chat.completions.create(
+                model="m", messages=[{"role": "user", "content": f"item {i}"}])
+
+    try:
+        await asyncio.gather(*(one(i) for i in range(concurrency)))  # warm the connections
+        started = time.perf_counter()
+        await asyncio.gather(*(one(i) for i in range(calls)))
+        for i in range(then):
+            await one(i)
+        return time.perf_counter() - started
+    finally:
+        await client.close()
+
+
+async def _agents_only(workers: Sequence[AgentHandle], inputs: list[str],
+                       then: AgentHandle | None = None) -> float:
+    """The makespan of running `inputs` on a pool of `workers` (worker w always uses agent
+    w), then one call to `then`: what MapReduce and Parallel do, without a workflow."""
+    todo = iter(inputs)
+
+    async def worker(agent: AgentHandle) -> None:
+        for text in todo:
+            assert (await agent.run(text, timeout=120)).ok
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker(a) for a in workers))
+    if then is not None:
+        assert (await then.run("reduce", timeout=120)).ok
+    return time.perf_counter() - started
+
+
+async def measure_mapreduce(runtime: Runtime, server_url: str, *, items: int = 200,
+                            agents: int = 8) -> dict[str, Any]:
+    job = f"bench-mr-{new_id()[-10:]}"
+    handles = _host(runtime, job, server_url, [f"mapper{i}" for i in range(agents)] +
+                    ["reducer"])
+    try:
+        await _warm(handles)
+        mr = MapReduce("mapreduce", handles[:agents], reduce=handles[agents],
+                       concurrency=agents)
+        started = time.perf_counter()
+        result = await mr.run(json.dumps([f"item {i}" for i in range(items)]),
+                              ctx=_ctx(runtime, job))
+        makespan = time.perf_counter() - started
+        assert result.ok, result.reason
+        await runtime.flush()
+        ideal = (math.ceil(items / agents) + 1) * CALL_MS / 1000
+        bare = await _bare_sdk(server_url, items, agents, then=1)
+        direct = await _agents_only(handles[:agents], [f"item {i}" for i in range(items)],
+                                    then=handles[agents])
+        return {"mapreduce_efficiency": round(ideal / makespan, 3),
+                "mapreduce_makespan_s": round(makespan, 3),
+                "mapreduce_ideal_s": round(ideal, 3),
+                "mapreduce_agents_only_efficiency": round(ideal / direct, 3),
+                "mapreduce_bare_sdk_efficiency": round(ideal / bare, 3)}
+    finally:
+        runtime.kill_job(job)
+
+
+async def measure_parallel(runtime: Runtime, server_url: str, *, branches: int = 200,
+                           concurrency: int = 20) -> dict[str, Any]:
+    job = f"bench-par-{new_id()[-10:]}"
+    handles = _host(runtime, job, server_url, [f"branch{i}" for i in range(branches)])
+    try:
+        await _warm(handles)
+        par = Parallel("parallel", {h.name: h for h in handles}, concurrency=concurrency)
+        started = time.perf_counter()
+        result = await par.run("answer this", ctx=_ctx(runtime, job))
+        makespan = time.perf_counter() - started
+        assert result.ok, result.reason
+        await runtime.flush()
+        ideal = math.ceil(branches / concurrency) * CALL_MS / 1000
+        bare = await _bare_sdk(server_url, branches, concurrency)
+        direct = await _parallel_agents_only(handles, concurrency)
+        return {"parallel_efficiency": round(ideal / makespan, 3),
+                "parallel_makespan_s": round(makespan, 3),
+                "parallel_ideal_s": round(ideal, 3),
+                "parallel_agents_only_efficiency": round(ideal / direct, 3),
+                "parallel_bare_sdk_efficiency": round(ideal / bare, 3)}
+    finally:
+        runtime.kill_job(job)
+
+
+async def _parallel_agents_only(agents: Sequence[AgentHandle], concurrency: int) -> float:
+    gate = asyncio.Semaphore(concurrency)
+
+    async def one(agent: AgentHandle) -> None:
+        async with gate:
+            assert (await agent.run("answer this", timeout=120)).ok
+
+    started = time.perf_counter()
+    await asyncio.gather(*(one(a) for a in agents))
+    return time.perf_counter() - started
+
+
+async def _measure(url: str) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory() as tmp:
+        async with Runtime(job_id="bench", namespace=f"bench-{new_id()[-8:]}",
+                           event_log_path=os.path.join(tmp, "events.db"),
+                           state_path=os.path.join(tmp, "state.db")) as rt:
+            return {**await measure_mapreduce(rt, url), **await measure_parallel(rt, url)}
+
+
+def main() -> dict[str, Any]:
+    """Both figures, with the local LLM server in a process of its own (it must not share the
+    driver's GIL) answering after CALL_MS."""
+    from benchmarks.agents import free_port
+
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "llmspell", "llm-server", "--port", str(port),
+         "--latency-ms", str(CALL_MS)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        _wait_port(port)
+        return asyncio.run(_measure(f"http://127.0.0.1:{port}/v1"))
+    finally:
+        server.terminate()
+        server.wait(10)
+
+
+def _wait_port(port: int, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError("the local LLM server did not start")
+
+
+if __name__ == "__main__":
+    print(json.dumps(main(), indent=2))
