@@ -1,5 +1,7 @@
 """llmspell: an actor-model multi-agent runtime on Ray."""
 
+from typing import TYPE_CHECKING
+
 from llmspell.actors.base import ActorBase
 from llmspell.runtime.errors import (
     ActorError,
@@ -22,31 +24,104 @@ from llmspell.runtime.messages import Envelope, Kind, Priority, register_payload
 from llmspell.runtime.runtime import ActorRef, Runtime
 from llmspell.runtime.settings import RuntimeSettings
 
+if TYPE_CHECKING:  # what the lazy names below are, for type checkers and editors
+    from llmspell.actors.agent_actor import HostSetup, spawn_agent, spawn_host
+    from llmspell.agents import Agent, AgentSpec, RunResult, RunStatus, from_template
+    from llmspell.llm import LLM, Message
+    from llmspell.supervisors.base import Bind
+    from llmspell.supervisors.consensus import Consensus
+    from llmspell.supervisors.delegation import Delegation
+    from llmspell.supervisors.saga import Saga
+    from llmspell.supervisors.swarm import Swarm, WorkerSwarm
+    from llmspell.supervisors.workflows import (
+        Conditional,
+        Loop,
+        MapReduce,
+        Parallel,
+        Pipeline,
+        Sequential,
+    )
+    from llmspell.tools import Sandbox, Tool, ToolContext, tool
+
 __version__ = "0.1.0"
 
+# The layers above the runtime core load on first use, so that an actor process that needs only
+# the core (a tool replica, the event hub) starts without importing agents and patterns.
+_LAZY = {
+    "Agent": "llmspell.agents", "AgentSpec": "llmspell.agents", "RunResult": "llmspell.agents",
+    "RunStatus": "llmspell.agents", "from_template": "llmspell.agents",
+    "tool": "llmspell.tools", "Tool": "llmspell.tools", "ToolContext": "llmspell.tools",
+    "Sandbox": "llmspell.tools", "LLM": "llmspell.llm", "Message": "llmspell.llm",
+    "Sequential": "llmspell.supervisors.workflows", "Parallel": "llmspell.supervisors.workflows",
+    "Conditional": "llmspell.supervisors.workflows", "Loop": "llmspell.supervisors.workflows",
+    "MapReduce": "llmspell.supervisors.workflows", "Pipeline": "llmspell.supervisors.workflows",
+    "Bind": "llmspell.supervisors.base", "Delegation": "llmspell.supervisors.delegation",
+    "Swarm": "llmspell.supervisors.swarm", "WorkerSwarm": "llmspell.supervisors.swarm",
+    "Consensus": "llmspell.supervisors.consensus", "Saga": "llmspell.supervisors.saga",
+    "spawn_agent": "llmspell.actors.agent_actor", "spawn_host": "llmspell.actors.agent_actor",
+    "HostSetup": "llmspell.actors.agent_actor",
+}
+
+
+def __getattr__(name: str) -> object:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'llmspell' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
 __all__ = [
+    "LLM",
     "ActorBase",
     "ActorError",
     "ActorNotFound",
     "ActorRef",
     "ActorUnavailable",
+    "Agent",
+    "AgentSpec",
     "AskTimeout",
+    "Bind",
     "CodecError",
+    "Conditional",
+    "Consensus",
+    "Delegation",
     "Envelope",
     "Event",
     "HookCancelled",
+    "HostSetup",
     "Kind",
     "LlmspellError",
+    "Loop",
     "MailboxClosed",
     "MailboxError",
     "MailboxFull",
+    "MapReduce",
+    "Message",
+    "Parallel",
     "PatternError",
+    "Pipeline",
     "Priority",
     "RemoteError",
+    "RunResult",
+    "RunStatus",
     "Runtime",
     "RuntimeSettings",
+    "Saga",
+    "Sandbox",
+    "Sequential",
     "StateError",
+    "Swarm",
+    "Tool",
+    "ToolContext",
     "VersionConflict",
+    "WorkerSwarm",
     "__version__",
+    "from_template",
     "register_payload",
+    "spawn_agent",
+    "spawn_host",
+    "tool",
 ]
