@@ -298,5 +298,7 @@ async def ask_supervised(node: Any, address: str, type: str, payload: Any = None
                                 ) from None
             if time.monotonic() + delay > deadline:
                 raise
+            # A restart takes about a second: poll often, so the first answer after it is not
+            # held back by a long backoff step.
             await asyncio.sleep(delay)
-            delay = min(delay * 2, 1.0)
+            delay = min(delay * 1.5, 0.2)
