@@ -158,10 +158,10 @@ class Checkpoint:
     (a step does not wait for its checkpoint); `flush` waits until every record is written and
     is called before the workflow returns, so no write is left behind unseen."""
 
-    # How long a record waits for others to share its write. Steps worth checkpointing take
-    # longer than this, so a serial workflow loses nothing; a fan-out writes a batch per
-    # interval instead of a key per step. A record not yet written when the driver dies only
-    # means that step runs again on resume.
+    # How long a record waits for others to share its write: a fan-out writes a batch per
+    # interval instead of a key per step, and a record not yet written when the driver dies
+    # only means that step runs again on resume. A serial workflow calls `sync` before its next
+    # step instead, so a step it finished is never redone.
     linger_s = 0.05
 
     def __init__(self, state: StateAccess | None, scope: str, *, workflow: str, kind: str,
@@ -178,6 +178,7 @@ class Checkpoint:
         self._buffer: list[dict[str, Any]] = []
         self._writer: asyncio.Task[None] | None = None
         self._closing = asyncio.Event()
+        self._hurry = False
 
     @classmethod
     async def open(cls, state: StateAccess | None, branch: str, *, workflow: str, kind: str,
@@ -235,7 +236,7 @@ class Checkpoint:
 
     async def _write_all(self) -> None:
         while self._buffer and self.state is not None:
-            if self.linger_s and not self._closing.is_set():
+            if self.linger_s and not self._closing.is_set() and not self._hurry:
                 # let the records of parallel steps gather (a flush cuts the wait short)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._closing.wait(), self.linger_s)
@@ -250,6 +251,19 @@ class Checkpoint:
                 return
             self.written += len(batch)
             self.batches += 1
+
+    async def sync(self) -> None:
+        """Wait until every record so far is written, without lingering."""
+        self._hurry = True
+        try:
+            if self._buffer and (self._writer is None or self._writer.done()):
+                self._writer = asyncio.get_running_loop().create_task(self._write_all())
+            self._closing.set()  # cut a lingering writer's wait short
+            while self._writer is not None and not self._writer.done():
+                await asyncio.gather(self._writer, return_exceptions=True)
+        finally:
+            self._closing.clear()
+            self._hurry = False
 
     async def flush(self) -> None:
         self._closing.set()

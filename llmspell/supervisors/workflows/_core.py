@@ -218,6 +218,7 @@ class Workflow(Pattern):
     """
 
     kind = "workflow"
+    durable_steps = False  # serial workflows: a step's checkpoint is written before the next
     cancel_grace_s = 2.0  # how long a step that watches its token has to return by itself
 
     def __init__(self, name: str, *, description: str = "", checkpoint: bool = True) -> None:
@@ -265,6 +266,8 @@ class Workflow(Pattern):
         with step_position(step_id):
             result = await self._watched(call, input, ctx, index=index, label=label)
         cp.record(step_id, input, result)
+        if self.durable_steps:
+            await cp.sync()
         return result
 
     async def _wind_down(self, call: _Call, task: asyncio.Future[Any], reason: str) -> None:

@@ -35,6 +35,8 @@ class Sequential(Workflow):
     completes with the escalation as its output, so an enclosing Loop sees it.
     """
 
+    durable_steps = True
+
     def __init__(self, name: str, steps: Sequence[Any], *, description: str = "",
                  checkpoint: bool = True) -> None:
         super().__init__(name, description=description, checkpoint=checkpoint)
@@ -76,6 +78,8 @@ class Loop(Workflow):
     with a reason when an `until` was given (the condition was never met), and a normal
     completion without one. A body that does not complete stops the loop with its status.
     """
+
+    durable_steps = True
 
     def __init__(self, name: str, body: Any, *, until: Until | None = None,
                  max_iterations: int = 10, description: str = "",
@@ -146,6 +150,8 @@ class Conditional(Workflow):
     back to `default` if given, else fails with the valid names. The choice is an event
     (`workflow.route`, with the chosen `route`, `by` predicate or router, and the `answer`).
     """
+
+    durable_steps = True
 
     def __init__(self, name: str, branches: Mapping[str, Any], *,
                  predicate: Predicate | None = None, router: Any = None,
