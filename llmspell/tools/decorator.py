@@ -99,7 +99,7 @@ def tool(fn: Callable[..., Any] | None = None, /, *, name: str | None = None,
 
 def _args_model(fn: Callable[..., Any], tool_name: str, docs: dict[str, str]
                 ) -> tuple[type[BaseModel], str | None]:
-    hints = get_type_hints(fn)
+    hints = get_type_hints(fn, include_extras=True)  # Annotated[...] limits reach the schema
     fields: dict[str, Any] = {}
     context_param = None
     for param in inspect.signature(fn).parameters.values():
