@@ -26,9 +26,11 @@ def root(
 
 def _register() -> None:
     from llmspell.cli.llm_server import llm_server
+    from llmspell.cli.tools import tools_app
 
     app.command("llm-server", help="Run the local OpenAI/Anthropic-compatible LLM server.")(
         llm_server)
+    app.add_typer(tools_app, name="tools")
 
 
 _register()
