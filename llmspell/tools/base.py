@@ -29,7 +29,8 @@ from llmspell.llm.types import ToolSpec
 from llmspell.runtime.errors import Cancelled
 from llmspell.runtime.validation import validation_lines
 from llmspell.tools.context import ToolContext
-from llmspell.tools.errors import ToolArgumentError, ToolTimeout
+from llmspell.tools.errors import SandboxViolation, ToolArgumentError, ToolTimeout
+from llmspell.tools.sandbox.rules import publish_refusal
 
 __all__ = ["NoArgs", "SideEffects", "Tool", "render_result"]
 
@@ -97,7 +98,11 @@ class Tool:
         finally:
             cancel.cancel()
         if task in done:
-            return task.result()
+            try:
+                return task.result()
+            except SandboxViolation as exc:  # every refusal is an event, whichever tool made it
+                publish_refusal(ctx, exc)
+                raise
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)  # the tool's own cleanup runs
         if ctx.cancel.cancelled:

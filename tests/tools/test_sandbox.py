@@ -268,3 +268,15 @@ def test_the_policy_and_a_refusal_cross_process_boundaries(tree: Path) -> None:
 
 def test_every_rule_has_a_kebab_case_name() -> None:
     assert all(r.value == r.value.lower() and " " not in r.value for r in Rule)
+
+
+async def test_every_tools_refusal_is_an_event(tmp_path: Path) -> None:
+    from llmspell.tools.builtin import builtin_registry
+
+    events: list[tuple[str, dict[str, Any]]] = []
+    ctx = ToolContext(sandbox=Sandbox(root=str(tmp_path)),
+                      emit=lambda t, p: events.append((t, p)))
+    with pytest.raises(SandboxViolation):  # a utility tool, not a SandboxedTool subclass
+        await builtin_registry().get("hash").invoke({"path": "../../etc/passwd"}, ctx)
+    [(topic, payload)] = events
+    assert topic == "sandbox.refused" and payload["tool"] == "hash" and payload["rule"]

@@ -15,8 +15,6 @@ from pydantic import BaseModel, ConfigDict
 from llmspell.llm.types import ToolSpec
 from llmspell.tools.base import Tool
 from llmspell.tools.context import ToolContext
-from llmspell.tools.errors import SandboxViolation
-from llmspell.tools.sandbox.rules import publish_refusal
 
 __all__ = ["SandboxedTool", "StrictArgs"]
 
@@ -27,11 +25,7 @@ class StrictArgs(BaseModel):
 
 class SandboxedTool(Tool):
     async def run(self, args: Any, ctx: ToolContext) -> Any:
-        try:
-            return await self.call(args, ctx)
-        except SandboxViolation as exc:
-            publish_refusal(ctx, exc)
-            raise
+        return await self.call(args, ctx)  # Tool.invoke publishes refusals as events
 
     async def call(self, args: Any, ctx: ToolContext) -> Any:
         raise NotImplementedError(f"tool {self.name!r} has no call()")
