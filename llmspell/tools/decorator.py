@@ -50,13 +50,13 @@ class FunctionTool(Tool):
         self.idempotent = idempotent  # type: ignore[misc]
         self.timeout = timeout  # type: ignore[misc]
         self.requires_approval = requires_approval  # type: ignore[misc]
-        self._context_param = context_param
+        self.context_param = context_param
         self._is_async = inspect.iscoroutinefunction(fn)
 
     async def run(self, args: Any, ctx: ToolContext) -> Any:
         kwargs = {name: getattr(args, name) for name in type(args).model_fields}
-        if self._context_param:
-            kwargs[self._context_param] = ctx
+        if self.context_param:
+            kwargs[self.context_param] = ctx
         if self._is_async:
             return await self.fn(**kwargs)
         return await asyncio.to_thread(self.fn, **kwargs)

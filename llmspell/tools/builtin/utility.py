@@ -11,7 +11,6 @@ import base64
 import binascii
 import ctypes
 import hashlib
-import inspect
 import os
 import random as _random
 import re
@@ -21,17 +20,17 @@ import uuid as _uuid
 from collections.abc import Callable
 from datetime import date, datetime
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar, get_type_hints
+from typing import Annotated, Any, Literal, TypeVar
 from urllib.parse import quote, unquote
 
 import uuid_utils
-from pydantic import Field, create_model
+from pydantic import Field
 
 from llmspell.tools.base import SideEffects, Tool
 from llmspell.tools.context import ToolContext
-from llmspell.tools.decorator import FunctionTool, parse_docstring
+from llmspell.tools.decorator import FunctionTool, tool
 from llmspell.tools.errors import ToolError
-from llmspell.tools.sandbox.tool import SandboxedTool, StrictArgs
+from llmspell.tools.sandbox.tool import SandboxedTool
 
 __all__ = [
     "MAX_INPUT_BYTES", "TOOLS", "BuiltinFunctionTool", "builtin_tool", "cap_text", "read_bytes",
@@ -47,9 +46,8 @@ MAX_INPUT_BYTES = 20_000_000  # a file a tool reads whole; bigger inputs are ref
 
 
 class BuiltinFunctionTool(FunctionTool, SandboxedTool):
-    """A built-in tool made from a function: it runs like any `@tool`, and a sandbox refusal
-    it raises is also published as a `sandbox.refused` event (SandboxedTool), like the
-    filesystem and web tools' refusals."""
+    """A built-in tool made from a function: it runs like any `@tool` (with SandboxedTool's
+    untitled schema), and too deeply nested input is a clear tool error."""
 
     async def run(self, args: Any, ctx: ToolContext) -> Any:
         return await SandboxedTool.run(self, args, ctx)
@@ -64,29 +62,14 @@ class BuiltinFunctionTool(FunctionTool, SandboxedTool):
 def builtin_tool(*, category: str, name: str | None = None,
                  side_effects: SideEffects = SideEffects.none, idempotent: bool = True,
                  timeout: float | None = 60.0) -> Callable[[Callable[..., Any]], FunctionTool]:
-    """`@tool` for the built-in tools: the same typed function and docstring, made into a
-    BuiltinFunctionTool, with the `Annotated[...]` constraints of the arguments (ge, le,
-    max_length) kept in the schema and in validation. (`@tool` reads hints with
-    `get_type_hints(fn)`, which drops Annotated metadata, so there a cap such as
-    `Field(le=10_000)` would be shown to no model and enforced nowhere.)"""
+    """`@tool` for the built-in tools, made into a BuiltinFunctionTool."""
     def build(fn: Callable[..., Any]) -> FunctionTool:
-        tool_name = name or fn.__name__
-        summary, docs = parse_docstring(inspect.getdoc(fn) or "")
-        hints = get_type_hints(fn, include_extras=True)
-        fields: dict[str, Any] = {}
-        context_param = None
-        for param in inspect.signature(fn).parameters.values():
-            if hints[param.name] is ToolContext:
-                context_param = param.name
-                continue
-            default = ... if param.default is param.empty else param.default
-            fields[param.name] = (hints[param.name],
-                                  Field(default, description=docs.get(param.name)))
-        args = create_model(f"{tool_name}_args", __base__=StrictArgs, **fields)
+        made = tool(name=name, category=category, side_effects=side_effects,
+                    idempotent=idempotent, timeout=timeout)(fn)
         return BuiltinFunctionTool(
-            fn, name=tool_name, description=summary, args=args, context_param=context_param,
-            category=category, side_effects=side_effects, idempotent=idempotent,
-            timeout=timeout, requires_approval=False)
+            fn, name=made.name, description=made.description, args=made.Args,
+            context_param=made.context_param, category=category, side_effects=side_effects,
+            idempotent=idempotent, timeout=timeout, requires_approval=False)
     return build
 
 
