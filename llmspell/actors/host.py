@@ -77,6 +77,7 @@ class HostCore:
         self.local_messages = 0
         self._ids = itertools.count(1)
         self._declared: set[str] = set()
+        self._cancelled: dict[str, str] = {}  # run id -> reason, for runs not started yet
 
     # -- agents -------------------------------------------------------------------------------
 
@@ -200,10 +201,17 @@ class HostCore:
 
     async def _run(self, slot: AgentSlot, p: dict[str, Any]) -> RunResult:
         token = CancelToken()
-        ctx = None
+        early = self._cancelled.pop(str(p.get("run_id") or ""), None)
+        if early is not None:
+            token.cancel(early)
+        env = self.env
         if p.get("ctx"):
-            ctx = ToolContext.from_wire(p["ctx"], state=self.env.state, emit=self.env.emit,
-                                        hooks=self.env.hooks, cancel=token)
+            ctx = ToolContext.from_wire(p["ctx"], state=env.state, emit=env.emit,
+                                        hooks=env.hooks, cancel=token)
+        else:  # a run from a driver: still under this token, so `agent.cancel` reaches it
+            ctx = ToolContext(job_id=env.job_id, chain=(slot.name,), sandbox=env.sandbox,
+                              state=env.state, emit=env.emit, cancel=token, hooks=env.hooks,
+                              max_depth=env.max_depth)
         run_id = str(p.get("run_id") or f"{slot.name}-{next(self._ids)}-{id(token):x}")
         slot.runs[run_id] = token
         try:
@@ -239,12 +247,18 @@ class HostCore:
                                      pending.model_dump(mode="json"))
 
     def cancel(self, run_id: str, reason: str = "") -> bool:
+        """Cancel a run. A run not started yet (still queued in its agent's mailbox) is
+        remembered and starts cancelled, so a caller needs to ask once."""
+        reason = reason or "cancelled by its caller"
         for slot in self.slots.values():
             token = slot.runs.get(run_id)
             if token is not None:
-                token.cancel(reason or "cancelled by its caller")
+                token.cancel(reason)
                 return True
-        return False
+        self._cancelled[run_id] = reason
+        while len(self._cancelled) > 10_000:  # bounded: ids of runs that never came
+            self._cancelled.pop(next(iter(self._cancelled)))
+        return True
 
     def cancel_all(self, reason: str) -> int:
         tokens = [t for s in self.slots.values() for t in s.runs.values()]

@@ -184,3 +184,23 @@ async def test_a_secret_is_absent_from_events_and_the_event_log(
     assert logged and not [e.topic for e in logged if secret in json.dumps(e.payload)]
     assert any("[REDACTED]" in json.dumps(e.payload) for e in logged
                if e.topic == "agent.run.started")
+
+
+async def test_cancel_reaches_a_running_run_and_a_queued_one(
+        runtime: Runtime, job_id: str) -> None:
+    scenario = {"rules": [{"match": {"contains": "slow"}, "latency_ms": 30_000, "reply": "late"}]}
+    with LocalLLMServer(scenario) as server:
+        agent = spawn_agent(runtime, {"name": "patient", "model": "openai:m"}, job_id=job_id,
+                            providers=providers(server))
+        await agent.ref.wait_ready()
+        running = asyncio.ensure_future(agent.run("slow one", run_id="r1", timeout=60))
+        queued = asyncio.ensure_future(agent.run("slow two", run_id="r2", timeout=60))
+        for _ in range(600):  # until r1 is with the model; r2 waits in the agent's mailbox
+            if server.requests:
+                break
+            await asyncio.sleep(0.05)
+        assert await agent.cancel("r2", "not needed") and await agent.cancel("r1", "stop")
+        first, second = await asyncio.wait_for(asyncio.gather(running, queued), 10)
+        assert (first.status, first.reason) == (RunStatus.cancelled, "stop")
+        assert (second.status, second.reason) == (RunStatus.cancelled, "not needed")
+        assert len(server.requests) == 1  # the queued run never called the model

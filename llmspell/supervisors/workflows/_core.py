@@ -14,6 +14,7 @@ steps (functions, tools) are interrupted at once.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import inspect
 import json
@@ -198,16 +199,10 @@ class _Call:
         return await step.run(input, ctx=ctx)
 
     async def cancel_remote(self, running: asyncio.Future[Any], reason: str) -> None:
-        """Tell the actor to cancel the run. It may still wait in the agent's mailbox, where it
-        has no token yet: ask again until it is found or answers (the caller bounds this)."""
-        while self.remote is not None and not running.done():
-            try:
-                found = await self.remote.cancel(self.run_id, reason)
-            except Exception:  # the actor is gone, and its run with it
-                return
-            if found:
-                return
-            await asyncio.wait({running}, timeout=0.05)
+        """Tell the actor to cancel the run (a run still queued there starts cancelled)."""
+        if self.remote is not None and not running.done():
+            with contextlib.suppress(Exception):  # the actor is gone, and its run with it
+                await self.remote.cancel(self.run_id, reason)
 
 
 class Workflow(Pattern):
