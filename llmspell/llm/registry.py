@@ -28,6 +28,7 @@ class ProviderSettings(BaseModel):
     """How to reach one provider. Unset fields fall back to the provider's environment."""
 
     api_key: SecretStr | None = None
+    api_key_env: str | None = None  # the environment variable holding the key, if not the usual
     base_url: str | None = None
     timeout: float = 60.0
     requests_per_minute: int | None = None
@@ -51,7 +52,7 @@ def split_model(model: str) -> tuple[str, str]:
 
 def _secret(settings: ProviderSettings, env: str) -> str | None:
     value = (settings.api_key.get_secret_value() if settings.api_key is not None
-             else os.environ.get(env))
+             else os.environ.get(settings.api_key_env or env))
     add_secret(value)
     return value
 

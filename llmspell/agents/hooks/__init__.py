@@ -100,6 +100,7 @@ __all__ = [
     "ResponseCache",
     "SecretRedaction",
     "StateLedger",
+    "check",
     "UsageHook",
     "UsageOptions",
     "VersionedStore",
@@ -171,6 +172,20 @@ def install(registry: HookRegistry, specs: Sequence[Mapping[str, Any] | HookSpec
     for hook, priority in built:
         hook.register(registry, priority=priority)
     return [hook for hook, _ in built]
+
+
+def check(specs: Sequence[Mapping[str, Any] | HookSpec], *, path: str = "hooks",
+          state: VersionedStore | None = None) -> list[dict[str, str]]:
+    """The mistakes `install` would report for `specs`, without installing anything (each hook
+    is built and closed again, so no file or connection is left open)."""
+    try:
+        for hook in install(HookRegistry(), specs, state=state, path=path):
+            close = getattr(hook, "close", None)
+            if callable(close):
+                close()
+    except HookSpecError as exc:
+        return exc.errors
+    return []
 
 
 class _SpecProblem(Exception):

@@ -1,0 +1,119 @@
+"""Jobs from specs on the session's Ray against the local LLM server, checked in their event
+logs: the demo (delegation, a tool pool, consensus), budgets, outputs, failures, resume."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from llmspell import Runtime
+from llmspell.jobs import JobSpec, JobStatus, run
+from llmspell.jobs.demo import demo_scenario, demo_spec
+from llmspell.llm.server import LocalLLMServer
+
+pytestmark = pytest.mark.ray
+
+
+@pytest.fixture(scope="module")
+def demo_server() -> Iterator[LocalLLMServer]:
+    with LocalLLMServer(demo_scenario(), latency_ms=0) as server:
+        yield server
+
+
+async def test_the_demo_job_delegates_uses_the_pool_and_votes(
+        runtime: Runtime, job_id: str, demo_server: LocalLLMServer) -> None:
+    spec = demo_spec(local_url=demo_server.openai_base_url)
+    result = await run(spec, runtime=runtime, job_id=job_id)
+
+    assert result.status == JobStatus.completed, result.reason
+    assert result.output == "NATS" and result.exit_code == 0
+    assert result.usage.total_tokens > 1500
+    events = await result.events()
+    topics = [e.topic for e in events]
+    for topic in ("job.submitted", "job.started", "job.completed", "delegation.started",
+                  "consensus.decided"):
+        assert topic in topics, topic
+    delegated = {e.payload["specialist"] for e in events if e.topic == "delegation.result"}
+    assert delegated == {"researcher", "analyst"}
+    assert any(e.topic == "pool.scaled" for e in events)
+    ran = [e.sender for e in events if e.topic == "actor.message.handled"
+           and e.payload["type"] == "pool.run"]
+    assert ran and all(s.startswith(f"{job_id}/compute/replica-") for s in ran)  # in the pool
+    votes = {e.payload["agent"]: e.payload for e in events if e.topic == "consensus.vote"}
+    assert sorted(votes) == ["reviewer-1", "reviewer-2", "reviewer-3"]
+    assert await runtime.state.get("job:brief") is None  # job state is per job...
+    brief = [e.payload for e in events if e.topic == "state.changed"
+             and e.payload["key"] == "job:brief"]
+    assert brief  # ...and the brief was written to this job's
+    asked = [r for r in demo_server.requests if r.model == "analyst"]
+    assert len(asked) == 2  # the tool call, then the answer after the tool's result
+    assert not [n for n in await _alive(runtime) if n.startswith(f"{job_id}/")]
+
+
+async def _alive(runtime: Runtime) -> list[str]:
+    import ray
+
+    return list(ray.util.list_named_actors())
+
+
+SEQUENTIAL = {"rules": [
+    {"match": {"model": "^drafter$"}, "reply": {"text": "draft one",
+                                                "usage": {"input_tokens": 400,
+                                                          "output_tokens": 100}}},
+    {"match": {"model": "^editor$"}, "reply": "final text"},
+]}
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[LocalLLMServer]:
+    with LocalLLMServer(SEQUENTIAL) as s:
+        yield s
+
+
+def two_steps(server: LocalLLMServer, **extra: Any) -> dict[str, Any]:
+    return {"name": "two-steps",
+            "models": {"providers": {"openai-chat": {"base_url": server.openai_base_url,
+                                                     "api_key_env": "LLMSPELL_TEST_KEY"}}},
+            "inputs": {"topic": {"required": True}},
+            "input": "Write about {{ topic }}",
+            "agents": [{"name": "drafter", "model": "openai-chat:drafter", "stream": False},
+                       {"name": "editor", "model": "openai-chat:editor", "stream": False}],
+            "pattern": {"kind": "sequential", "steps": [
+                "drafter", {"agent": "editor", "input": "Edit: {{ previous }}"}]},
+            **extra}
+
+
+async def test_outputs_go_to_a_file_and_a_state_key(
+        runtime: Runtime, job_id: str, server: LocalLLMServer, tmp_path: Path) -> None:
+    spec = JobSpec.from_data(two_steps(server, outputs={"file": "out/result.json",
+                                                        "format": "json",
+                                                        "state_key": "job:result"}),
+                             base_dir=str(tmp_path))
+    result = await run(spec, {"topic": "Ray"}, runtime=runtime, job_id=job_id)
+    assert result.ok and result.output == "final text"
+    assert json.loads((tmp_path / "out" / "result.json").read_text()) == "final text"
+    edits = [r for r in server.requests if r.model == "editor"]
+    assert "Edit: draft one" in json.dumps(edits[-1].body)
+
+
+async def test_a_token_budget_stops_the_job_with_its_own_status(
+        runtime: Runtime, job_id: str, server: LocalLLMServer) -> None:
+    spec = JobSpec.from_data(two_steps(server, budgets={"max_tokens": 300}))
+    result = await run(spec, {"topic": "Ray"}, runtime=runtime, job_id=job_id)
+    assert result.status == JobStatus.budget_exceeded and result.exit_code == 3
+    assert "budget" in result.reason
+    events = await result.events(pattern="job.*")
+    assert events[-1].topic == "job.failed"
+    assert events[-1].payload["status"] == "budget_exceeded"
+
+
+async def test_bad_inputs_fail_before_anything_starts(
+        runtime: Runtime, job_id: str, server: LocalLLMServer) -> None:
+    spec = JobSpec.from_data(two_steps(server))
+    with pytest.raises(Exception, match=r"inputs\.topic: required"):
+        await run(spec, {}, runtime=runtime, job_id=job_id)
+    assert await runtime.replay(job_id) == []
