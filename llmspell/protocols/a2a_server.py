@@ -126,8 +126,9 @@ def _answer_parts(result: RunResult) -> list[Part]:
 
 def agent_card(step: Step, url: str, *, secured: bool, version: str = "0.1.0") -> AgentCard:
     """The card of one step served at `url`: one skill, from the step's description."""
-    description = str(getattr(step, "description", "") or "") or \
-        f"The llmspell agent {step.name!r}: send it a task in plain text."
+    inner = getattr(step, "target", step)  # as_step wraps agents and handles
+    description = str(getattr(step, "description", "") or getattr(inner, "description", "")
+                      or f"The llmspell agent {step.name!r}: send it a task in plain text.")
     card = AgentCard(
         name=step.name, description=description, version=version,
         supported_interfaces=[AgentInterface(url=url, protocol_binding="JSONRPC",
@@ -136,7 +137,7 @@ def agent_card(step: Step, url: str, *, secured: bool, version: str = "0.1.0") -
         default_input_modes=["text/plain"],
         default_output_modes=["text/plain", "application/json"],
         skills=[AgentSkill(id=step.name, name=step.name, description=description,
-                           tags=["llmspell", str(getattr(step, "kind", "agent"))])])
+                           tags=["llmspell", str(getattr(inner, "kind", "agent"))])])
     if secured:
         card.security_schemes["bearer"].CopyFrom(SecurityScheme(
             http_auth_security_scheme=HTTPAuthSecurityScheme(
