@@ -25,9 +25,16 @@ def root(
 
 
 def _register() -> None:
+    from llmspell.cli.jobs import jobs_app, submit
     from llmspell.cli.llm_server import llm_server
+    from llmspell.cli.run import demo, run, validate
     from llmspell.cli.tools import tools_app
 
+    app.command("run")(run)
+    app.command("demo")(demo)
+    app.command("validate")(validate)
+    app.command("submit")(submit)
+    app.add_typer(jobs_app, name="jobs")
     app.command("llm-server", help="Run the local OpenAI/Anthropic-compatible LLM server.")(
         llm_server)
     app.add_typer(tools_app, name="tools")

@@ -1,0 +1,281 @@
+"""`llmspell run`, `validate` and `demo`: a job on an embedded local Ray (or a cluster), with
+live progress, the final output and a usage report.
+
+Exit codes (llmspell.jobs.ExitCode): 0 completed, 1 failed, 2 bad spec or inputs, 3 over
+budget, 130 cancelled (Ctrl-C: the job is cancelled, its hosts save their state, its actors
+are stopped; `llmspell jobs resume JOB_ID` finishes it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.console import Console
+from rich.panel import Panel
+from rich.table import Table
+
+from llmspell.agents.result import RunResult
+from llmspell.jobs import ExitCode, JobResult, JobRun, JobSpec, JobSpecError, JobStatus
+from llmspell.jobs.build import plan_hosts
+from llmspell.jobs.runner import job_runtime, load_saved, new_job_id
+from llmspell.runtime.runtime import Runtime
+from llmspell.runtime.settings import RuntimeSettings
+
+from .progress import JobView, follow
+
+__all__ = ["demo", "execute", "parse_inputs", "run", "validate"]
+
+GRACE_S = 15.0  # after Ctrl-C, how long the job may take to wind down before it is cut
+
+
+def parse_inputs(items: list[str]) -> dict[str, str]:
+    """`-i key=value` pairs; `key=@path` reads the value from a file."""
+    inputs: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise JobSpecError([{"path": f"-i {item}", "message": "write inputs as key=value"}],
+                               "inputs")
+        if value.startswith("@"):
+            try:
+                value = Path(value[1:]).read_text(encoding="utf-8")
+            except OSError as exc:
+                raise JobSpecError([{"path": f"inputs.{key}", "message": f"cannot read "
+                                     f"{value[1:]}: {exc.strerror or exc}"}], "inputs") from None
+        inputs[key.strip()] = value
+    return inputs
+
+
+def cluster_address(address: str | None) -> str | None:
+    """The Ray cluster to join: --address, or RAY_ADDRESS when it names a cluster (inside a
+    submitted job it does; a dashboard URL is for `submit`, not for joining)."""
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address and not address.startswith(("http://", "https://")):
+        return address
+    return None
+
+
+class _Interrupt:
+    """Ctrl-C (or SIGTERM from `jobs cancel`): the first asks the job to stop cleanly; the job
+    is cut after a grace period or at a second signal."""
+
+    def __init__(self, job: JobRun, task: asyncio.Task[Any], console: Console) -> None:
+        self.job, self.task, self.console = job, task, console
+        self.count = 0
+
+    def __call__(self, signum: int) -> None:
+        self.count += 1
+        name = signal.Signals(signum).name
+        if self.count == 1:
+            self.console.print(f"[yellow]{name}: cancelling the job (again to stop at once)")
+            self.job.cancel(f"interrupted by {name}")
+            asyncio.get_running_loop().call_later(GRACE_S, self.task.cancel)
+        else:
+            self.task.cancel()
+
+    def install(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, self, sig)
+
+    def remove(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+
+
+async def execute(spec: JobSpec, inputs: dict[str, Any], runtime: Runtime, *, job_id: str,
+                  resume: bool = False, console: Console, live: bool,
+                  events: bool = False) -> tuple[JobResult, JobView]:
+    """Run the job on a started runtime with its progress view; the job's actors are gone
+    when this returns, whatever happened."""
+    job = JobRun(spec, runtime, job_id=job_id, inputs=inputs)
+    view = JobView(job_id)
+    for host, agents in plan_hosts(spec).items():
+        view.add_host(host, [a.name for a in agents])
+    watcher = asyncio.create_task(follow(runtime, view, live=live, console=console,
+                                         events_out=sys.stdout if events else None))
+    task = asyncio.current_task()
+    assert task is not None
+    interrupt = _Interrupt(job, task, console)
+    interrupt.install()
+    try:
+        await job.start(save=not resume)
+        result = await job.execute(resume=resume)
+    except asyncio.CancelledError:
+        if not interrupt.count:
+            raise
+        task.uncancel()
+        result = JobResult(job_id=job_id, status=JobStatus.cancelled,
+                           reason="interrupted; the job did not wind down in time")
+    finally:
+        interrupt.remove()
+        await asyncio.shield(job.close())
+        await asyncio.sleep(0.3)  # the last events reach the view
+        watcher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watcher
+    return result, view
+
+
+def report(result: JobResult, view: JobView | None, *, as_json: bool, console: Console) -> None:
+    if as_json:
+        data = result.to_json()
+        if view is not None:
+            data["agents"] = {n: {"runs": r.runs, "tokens": r.tokens, "cost_usd": r.cost_usd}
+                              for n, r in view.agents.items()}
+        typer.echo(json.dumps(data, default=str))
+        return
+    style = "green" if result.ok else ("yellow" if result.status == JobStatus.cancelled
+                                       else "red")
+    body = result.text or (json.dumps(result.output, indent=2, default=str)
+                           if result.output is not None else "(no output)")
+    if result.run is not None and result.run.children:
+        console.print(_steps(result.run.children))
+    console.print(Panel(body, title=f"{result.status} - job {result.job_id}",
+                        border_style=style, subtitle=result.reason[:200] or None))
+    if view is not None:
+        console.print(view.usage_table())
+    console.print(f"[dim]{result.duration_s:.1f} s, {result.usage.total_tokens:,} tokens, "
+                  f"${result.cost_usd:.4f}")
+    if result.status == JobStatus.cancelled:
+        console.print(f"[dim]resume with: llmspell jobs resume {result.job_id}")
+
+
+def _steps(children: list[RunResult]) -> Table:
+    """The root pattern's steps: what each produced (the path to the final answer)."""
+    table = Table(title="steps", show_edge=False, show_lines=False)
+    for column in ("step", "status", "output"):
+        table.add_column(column, overflow="fold")
+    for child in children:
+        text = child.text or ("" if child.output is None else json.dumps(child.output,
+                                                                          default=str))
+        table.add_row(child.agent, str(child.status), text[:300] + ("..." if len(text) > 300
+                                                                     else ""))
+    return table
+
+
+def spec_or_exit(path: Path, console: Console) -> JobSpec:
+    try:
+        return JobSpec.from_file(path)
+    except JobSpecError as exc:
+        console.print(f"[red]{exc}")
+        raise typer.Exit(ExitCode.bad_spec) from None
+
+
+async def _run_spec(spec: JobSpec, inputs: dict[str, Any], *, address: str | None,
+                    job_id: str, resume: bool, console: Console, live: bool,
+                    events: bool) -> tuple[JobResult, JobView]:
+    async with job_runtime(spec, address=cluster_address(address), job_id=job_id) as rt:
+        return await execute(spec, inputs, rt, job_id=job_id, resume=resume, console=console,
+                             live=live, events=events)
+
+
+def _console(as_json: bool) -> Console:
+    return Console(stderr=True) if as_json else Console()
+
+
+def run(
+    path: Path = typer.Argument(..., help="The job spec (YAML or JSON)."),  # noqa: B008
+    input: list[str] = typer.Option([], "--input", "-i", help="An input: key=value or key=@file."),  # noqa: B008
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+    address: str | None = typer.Option(None, "--address", help="Join this Ray cluster "
+                                       "instead of starting an embedded one."),
+    job_id: str | None = typer.Option(None, "--job-id", help="The job's id (default: new)."),
+    events: bool = typer.Option(False, "--events", help="Print every event as a JSON line."),
+) -> None:
+    """Run a job on an embedded local Ray with live progress."""
+    console = _console(as_json)
+    spec = spec_or_exit(path, console)
+    try:
+        inputs = spec.resolve_inputs(parse_inputs(input))
+    except JobSpecError as exc:
+        console.print(f"[red]{exc}")
+        raise typer.Exit(ExitCode.bad_spec) from None
+    live = not as_json and not events and console.is_terminal
+    result, view = asyncio.run(_run_spec(spec, inputs, address=address,
+                                         job_id=job_id or new_job_id(spec), resume=False,
+                                         console=console, live=live, events=events))
+    report(result, view, as_json=as_json, console=console)
+    raise typer.Exit(result.exit_code)
+
+
+def validate(
+    path: Path = typer.Argument(..., help="The job spec (YAML or JSON)."),  # noqa: B008
+    as_json: bool = typer.Option(False, "--json", help="Print the problems as JSON."),
+) -> None:
+    """Check a job spec without running it: every problem, by field path."""
+    try:
+        spec = JobSpec.from_file(path)
+    except JobSpecError as exc:
+        if as_json:
+            typer.echo(json.dumps({"ok": False, "errors": exc.errors}))
+        else:
+            Console().print(f"[red]{exc}")
+        raise typer.Exit(ExitCode.bad_spec) from None
+    if as_json:
+        typer.echo(json.dumps({"ok": True, "name": spec.name, "agents": len(spec.agents)}))
+    else:
+        kind = spec.pattern.kind if spec.pattern is not None else "one agent"
+        typer.echo(f"{path}: ok ({spec.name}: {len(spec.agents)} agents, {kind}, "
+                   f"{len(spec.pools)} pools)")
+
+
+def demo(
+    model: str | None = typer.Option(None, "--model", help="Run every agent on this model "
+                                     "(e.g. openai:gpt-4o-mini; its key from the environment) "
+                                     "instead of the local LLM server."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+) -> None:
+    """Run the demo job (delegation, a tool pool, a vote) offline against the local LLM
+    server, which this command starts."""
+    from llmspell.jobs.demo import demo_scenario, demo_spec
+    from llmspell.llm.server import LocalLLMServer
+
+    console = _console(as_json)
+    live = not as_json and console.is_terminal
+    with contextlib.ExitStack() as stack:
+        if model is None:
+            server = stack.enter_context(LocalLLMServer(demo_scenario()))
+            spec = demo_spec(local_url=server.openai_base_url)
+            console.print(f"[dim]local LLM server on {server.url} (no API key needed)")
+        else:
+            spec = demo_spec(model=model)
+        spec.state.backend = "memory"  # the demo leaves nothing behind
+        result, view = asyncio.run(_run_spec(spec, {}, address=None, job_id=new_job_id(spec),
+                                             resume=False, console=console, live=live,
+                                             events=False))
+    report(result, view, as_json=as_json, console=console)
+    raise typer.Exit(result.exit_code)
+
+
+async def _resume_local(job_id: str, path: str, *, console: Console, live: bool
+                        ) -> tuple[JobResult, JobView]:
+    async with Runtime(cluster_address(None), job_id=job_id, state_path=path) as rt:
+        spec, inputs = await load_saved(rt, job_id)
+        return await execute(spec, inputs, rt, job_id=job_id, resume=True, console=console,
+                             live=live)
+
+
+def resume_local(job_id: str, state: str | None, as_json: bool) -> None:
+    console = _console(as_json)
+    path = state or os.path.expanduser(f"~/.llmspell/{RuntimeSettings().namespace}/state.db")
+    if cluster_address(None) is None and not Path(path).exists():
+        console.print(f"[red]job {job_id}: no state file at {path} (give --state)")
+        raise typer.Exit(ExitCode.bad_spec)
+    try:
+        result, view = asyncio.run(_resume_local(job_id, path, console=console,
+                                                 live=not as_json and console.is_terminal))
+    except (JobSpecError, LookupError) as exc:
+        console.print(f"[red]{exc}")
+        raise typer.Exit(ExitCode.bad_spec) from None
+    report(result, view, as_json=as_json, console=console)
+    raise typer.Exit(result.exit_code)

@@ -1,0 +1,117 @@
+"""A job submitted to a Ray cluster through the Ray Jobs API.
+
+The cluster runs the same command a laptop runs (`python -m llmspell run job.yaml`), in the
+spec's folder shipped as the job's `working_dir`. API keys travel from the submitter's
+environment into the job's `runtime_env.env_vars` (so every worker of the job has them), never
+through the spec, the logs or the events. The job prints its events as JSON lines, which
+`llmspell jobs events` reads back from the job's log.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from llmspell.llm.registry import split_model
+
+from .spec import JobSpec
+
+__all__ = ["EVENT_PREFIX", "PROVIDER_ENV", "Submission", "events_in", "forwarded_env"]
+
+EVENT_PREFIX = "llmspell-event "
+
+# What each provider reads from the environment (keys and endpoints), forwarded when set.
+PROVIDER_ENV: dict[str, tuple[str, ...]] = {
+    "openai": ("OPENAI_API_KEY", "OPENAI_BASE_URL", "OPENAI_ORG_ID"),
+    "openai-chat": ("OPENAI_API_KEY", "OPENAI_BASE_URL", "OPENAI_ORG_ID"),
+    "anthropic": ("ANTHROPIC_API_KEY", "ANTHROPIC_BASE_URL"),
+    "local": ("LLMSPELL_LOCAL_LLM_URL", "LLMSPELL_LOCAL_LLM_KEY"),
+}
+_EXCLUDES = [".git", ".venv", "venv", "__pycache__", "node_modules", ".mypy_cache",
+             ".ruff_cache", ".pytest_cache"]
+
+
+def _providers(spec: JobSpec) -> set[str]:
+    names = set(spec.models.providers)
+    for model in [spec.models.default, *(a.model if isinstance(a.model, str) else a.model.model
+                                         for a in spec.agents)]:
+        names.add(split_model(model)[0])
+    return names
+
+
+def forwarded_env(spec: JobSpec, environ: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment variables the job's providers read that are set here."""
+    environ = dict(os.environ if environ is None else environ)
+    wanted: set[str] = set()
+    for name in _providers(spec):
+        wanted.update(PROVIDER_ENV.get(name, ()))
+    wanted.update(p.api_key_env for p in spec.models.providers.values() if p.api_key_env)
+    return {k: environ[k] for k in sorted(wanted) if environ.get(k)}
+
+
+def events_in(lines: Iterable[str]) -> list[dict[str, Any]]:
+    """The events a job printed (`llmspell run --events`) among its log lines."""
+    found = []
+    for line in lines:
+        if line.startswith(EVENT_PREFIX):
+            try:
+                found.append(json.loads(line[len(EVENT_PREFIX):]))
+            except json.JSONDecodeError:
+                continue  # a line cut by the log's own buffering
+    return found
+
+
+@dataclass
+class Submission:
+    """The Ray Jobs API at `address` (a dashboard URL such as http://127.0.0.1:8265)."""
+
+    address: str
+
+    def client(self) -> Any:
+        from ray.job_submission import JobSubmissionClient
+
+        return JobSubmissionClient(self.address)
+
+    def submit(self, path: Path, spec: JobSpec, inputs: dict[str, str], *, job_id: str,
+               python: str = "python") -> str:
+        args = ["-m", "llmspell", "run", path.name, "--job-id", job_id, "--events", "--json"]
+        for key, value in inputs.items():
+            args += ["-i", f"{key}={value}"]
+        entrypoint = " ".join(shlex.quote(a) for a in [python, *args])
+        runtime_env = {"working_dir": str(path.resolve().parent), "excludes": _EXCLUDES,
+                       "env_vars": forwarded_env(spec)}
+        return str(self.client().submit_job(entrypoint=entrypoint, submission_id=job_id,
+                                            runtime_env=runtime_env,
+                                            metadata={"llmspell_job": spec.name}))
+
+    def resume(self, job_id: str, *, attempt: int, python: str = "python") -> str:
+        """A new submission that finishes `job_id` from its checkpoints on the cluster."""
+        entrypoint = " ".join(shlex.quote(a) for a in [python, "-m", "llmspell", "jobs",
+                                                       "resume", job_id, "--json"])
+        names = {n for names in PROVIDER_ENV.values() for n in names}
+        env = {n: os.environ[n] for n in sorted(names) if os.environ.get(n)}
+        return str(self.client().submit_job(entrypoint=entrypoint,
+                                            submission_id=f"{job_id}-resume-{attempt}",
+                                            runtime_env={"env_vars": env},
+                                            metadata={"llmspell_resumes": job_id}))
+
+    def list(self) -> list[Any]:
+        return list(self.client().list_jobs())
+
+    def status(self, job_id: str) -> Any:
+        return self.client().get_job_info(job_id)
+
+    def logs(self, job_id: str) -> str:
+        return str(self.client().get_job_logs(job_id))
+
+    async def tail(self, job_id: str) -> AsyncIterator[str]:
+        async for chunk in self.client().tail_job_logs(job_id):
+            yield str(chunk)
+
+    def cancel(self, job_id: str) -> bool:
+        return bool(self.client().stop_job(job_id))
