@@ -11,8 +11,10 @@
   replicas, pings them, and publishes `pool.scaled` / `pool.replica_failed` events.
 - `PoolReplica` hosts the tool instances (pickled to it at spawn) and runs
   `tool.invoke(arguments, ctx)`, once per idempotency key.
-- A replica that dies mid-call: idempotent calls are run again elsewhere; a non-idempotent call
-  fails with ToolUnavailable, never run twice, since nobody knows whether its effect happened.
+- A replica that dies mid-call: idempotent calls are run again elsewhere; a tool that reconciles
+  (`Tool.reconcile`) is first asked whether the lost attempt's effect happened, and its result
+  is returned without a second run if so; any other call fails with ToolUnavailable, never run
+  twice, since nobody knows whether its effect happened.
 - Outcomes travel as data (`{"ok": true, "result": ...}` or `{"ok": false, "error": ...}`), so
   that a tool's error reaches the caller as the same ToolError subclass, fields included;
   RemoteError is left to mean the pool machinery itself failed.
@@ -187,11 +189,31 @@ class PoolReplica(ActorBase):
             self.node.publish_nowait(topic, payload, job_id=job)
 
         ctx = ToolContext.from_wire(wire, state=self.state, emit=emit)
+        # The tool sees the key this call is deduplicated by, so that it can key its effect.
+        ctx.idempotency_key = ctx.idempotency_key or call.get("key")
         try:
+            if call.get("attempt") and tool.reconciles:
+                found = await self._reconcile(tool, call, ctx)
+                if found is not None:
+                    return found
             result = await tool.invoke(call.get("arguments"), ctx)
         except Exception as exc:  # the tool's failure is the call's outcome, not the actor's
             return _failure(exc, tool.name)
         return {"ok": True, "result": _plain_result(result)}
+
+    async def _reconcile(self, tool: Tool, call: dict[str, Any], ctx: ToolContext
+                         ) -> Outcome | None:
+        """A retry after a replica died mid-call: the tool looks for the first attempt's
+        effect; found, its result is the outcome and the call does not run again."""
+        args = tool.validate(call.get("arguments"))
+        async with asyncio.timeout(tool.timeout):
+            found = await tool.reconcile(args, ctx)
+        ctx.publish("tool.reconciled", {"tool": tool.name, "key": ctx.idempotency_key,
+                                        "found": found is not None, "pool": self.pool,
+                                        "attempt": call.get("attempt")})
+        if found is None:
+            return None
+        return {"ok": True, "result": _plain_result(found.result)}
 
 
 # -- the router ---------------------------------------------------------------------------------
@@ -275,7 +297,9 @@ class PoolRouter(ActorBase):
             close = difflib.get_close_matches(name, list(self.tools), n=3)
             return self._count(_failure(ToolNotFound(name, close or sorted(self.tools)[:5]),
                                         name))
-        idempotent = tool.idempotent and bool(req.get("idempotent", True))
+        # A lost call may run again if that cannot duplicate its effect: the tool is
+        # idempotent, or it reconciles (finds the effect of the lost attempt) before a retry.
+        idempotent = tool.reconciles or (tool.idempotent and bool(req.get("idempotent", True)))
         ctx = req.get("ctx") or {}
         budget = _sooner(tool.timeout, ctx.get("remaining"))
         loop = asyncio.get_running_loop()
@@ -287,7 +311,8 @@ class PoolRouter(ActorBase):
         for attempt in range(self.pool.max_retries + 1):
             try:
                 rid = await self._acquire(cid, name, deadline, budget, lost_on=lost_on)
-                return self._count(await self._run_on(rid, cid, call, deadline, budget))
+                attempt_call = {**call, "attempt": attempt}
+                return self._count(await self._run_on(rid, cid, attempt_call, deadline, budget))
             except ToolError as exc:
                 return self._count(_failure(exc, name))
             except _Lost as lost:

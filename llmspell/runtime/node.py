@@ -164,17 +164,24 @@ class Node:
     # -- ask ----------------------------------------------------------------------------------
 
     async def ask(self, address: str, type: str, payload: Any = None, *,
-                  timeout: float | None = None, **options: Any) -> Any:
+                  timeout: float | None = None, dead_letter: bool = True, **options: Any) -> Any:
         """Send a request and wait for the reply's payload.
 
         Raises AskTimeout, ActorNotFound, ActorUnavailable, RemoteError (the handler raised;
         its type and message travel with it) or CodecError (the message cannot be sent).
+        A request whose recipient is gone or died under it is recorded as a dead letter,
+        unless `dead_letter` is False (a caller that will resend it records its own).
         """
         timeout = self.settings.ask_timeout_s if timeout is None else timeout
         outbox = self._outboxes.get(address)
         if outbox is not None and len(outbox):
             await outbox.flush()
-        handle = self.handle(address)
+        try:
+            handle = self.handle(address)
+        except ActorNotFound as exc:
+            if dead_letter:
+                self.dead_letter(address, type, str(exc), job_id=options.get("job_id"))
+            raise
         env = self.envelope(address, type, payload, kind=Kind.ASK, timeout=timeout, **options)
         frame = self.encode(env)
         try:
@@ -183,8 +190,19 @@ class Node:
         except TimeoutError:
             raise AskTimeout(address, type, timeout) from None
         except (RayActorError, RayTaskError) as exc:
-            raise self.unavailable(address, exc) from None
+            error = self.unavailable(address, exc)
+            if dead_letter:
+                self.dead_letter(address, type, str(error), job_id=env.job_id, id=env.id)
+            raise error from None
         return raise_for_reply(address, decode(reply_frame))
+
+    def dead_letter(self, address: str, type: str, reason: str, *, job_id: str | None = None,
+                    **extra: Any) -> None:
+        """Record a message that could not reach its recipient (gone, dead, or given up on):
+        a `deadletter` event, kept in the event log with the rest of the job's history."""
+        self.publish_nowait("deadletter", {"recipient": address, "sender": self.identity,
+                                           "type": type, "reason": reason[:1000], **extra},
+                            job_id=job_id)
 
     def ask_sync(self, address: str, type: str, payload: Any = None, *,
                  timeout: float | None = None, **options: Any) -> Any:
@@ -217,7 +235,11 @@ class Node:
 
         Waits only when too many tells to that destination are pending (backpressure).
         """
-        self.handle(address)  # fail fast on an unknown address
+        try:
+            self.handle(address)  # fail fast on an unknown address
+        except ActorNotFound as exc:
+            self.dead_letter(address, type, str(exc), job_id=options.get("job_id"))
+            raise
         outbox = self._outboxes.get(address)
         if outbox is None:
             outbox = self._outboxes[address] = Batcher(

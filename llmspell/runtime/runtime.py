@@ -394,6 +394,11 @@ class Runtime:
         )
         return unpack_events(data)
 
+    async def dead_letters(self, job_id: str | None = None) -> list[Event]:
+        """The job's dead letters: messages refused, expired, left in a stopped actor's
+        mailbox, sent to an actor that is gone, or given up on as poison (`deadletter`)."""
+        return await self.replay(job_id, pattern="deadletter")
+
     async def flush(self) -> None:
         await self.node.flush()
 

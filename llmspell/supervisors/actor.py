@@ -31,7 +31,7 @@ from llmspell.supervisors.supervisor import (
     SupervisorSpec,
 )
 
-__all__ = ["ChildLost", "ChildStart", "SupervisorActor", "ask_supervised"]
+__all__ = ["ChildLost", "ChildStart", "PoisonMessage", "SupervisorActor", "ask_supervised"]
 
 
 class ChildStart:
@@ -134,6 +134,12 @@ class SupervisorActor(ActorBase):
         task.add_done_callback(self._report_crash)
         self._watchers[name] = task
 
+    def _unwatch(self, name: str) -> None:
+        """Stop watching a process this supervisor is about to kill itself."""
+        old = self._watchers.pop(name, None)
+        if old is not None and old is not asyncio.current_task():
+            old.cancel()
+
     def _report_crash(self, task: asyncio.Task[None]) -> None:
         """A watcher that raised must not die unseen: a supervisor that cannot act is broken."""
         if task.cancelled() or task.exception() is None:
@@ -147,6 +153,12 @@ class SupervisorActor(ActorBase):
         try:
             await self.handles[name].watch.remote()
         except RayActorError as exc:
+            if self._watchers.get(name) is not asyncio.current_task():
+                # A stale watcher: this supervisor killed the process itself (a sibling's
+                # restart) and watches its successor. Ray may report that death only once the
+                # new process is up; taken as a failure, it would restart the children again
+                # and spend the budget on a death of its own making.
+                return
             chain = self._escalated.pop(name, None)
             cause = " <- ".join(chain) if chain else (
                 f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}")
@@ -189,7 +201,7 @@ class SupervisorActor(ActorBase):
         try:
             for name in decision.restart:
                 if name != decision.child or kill_failed:
-                    self._watchers.pop(name, None)
+                    self._unwatch(name)
                     ray.kill(self.handles[name], no_restart=False)  # Ray starts a fresh process
             await asyncio.gather(*(self._await_restarted(n) for n in decision.restart))
         finally:
@@ -279,26 +291,62 @@ class ChildLost(ActorError):
     """A supervised child died with this ask in flight, and the ask was not safe to resend."""
 
 
+class PoisonMessage(ChildLost):
+    """The ask crashed its child every time it was delivered: it is not sent again (it would
+    only burn the supervisor's restart budget); it is a dead letter."""
+
+
 async def ask_supervised(node: Any, address: str, type: str, payload: Any = None, *,
                          idempotent: bool, timeout: float = 60.0,
-                         restart_wait: float = 30.0) -> Any:
+                         restart_wait: float = 30.0, max_deliveries: int = 2,
+                         job_id: str | None = None) -> Any:
     """Ask a supervised child, riding out its restart: an idempotent ask is sent again once the
     child is back (restored from its snapshot); any other fails with ChildLost, because it may
-    have run before the death and must not run twice."""
+    have run before the death and must not run twice. An ask whose child died under it
+    `max_deliveries` times (a new process each time) is a poison message: PoisonMessage.
+    Every ask given up on is recorded as a dead letter."""
     deadline = time.monotonic() + timeout + restart_wait
-    delay = 0.05
+    deaths, last_pid = 0, None
     while True:
         try:
-            return await node.ask(address, type, payload,
+            return await node.ask(address, type, payload, job_id=job_id, dead_letter=False,
                                   timeout=max(0.1, min(timeout, deadline - time.monotonic())))
         except ActorUnavailable as exc:
             if not idempotent:
-                raise ChildLost(f"{address!r} died while handling {type!r}; not resent because "
-                                f"the ask is not idempotent ({exc.cause})", address=address
-                                ) from None
+                error: ChildLost = ChildLost(
+                    f"{address!r} died while handling {type!r}; not resent because the ask "
+                    f"is not idempotent ({exc.cause})", address=address)
+                node.dead_letter(address, type, str(error), job_id=job_id)
+                raise error from None
+            try:
+                pid = await _back(node, address, deadline)
+            except ActorUnavailable:
+                node.dead_letter(address, type, str(exc), job_id=job_id)
+                raise exc from None
+            # A failure the child came back from in a new process is a death under this ask;
+            # one answered by the same process (a blip of the connection) is not.
+            deaths += 1 if pid != last_pid else 0
+            last_pid = pid
+            if deaths >= max_deliveries:
+                error = PoisonMessage(
+                    f"{type!r} to {address!r} crashed it {deaths} times; not resent (a poison "
+                    f"message) ({exc.cause})", address=address)
+                node.dead_letter(address, type, str(error), job_id=job_id, poison=True)
+                raise error from None
+
+
+async def _back(node: Any, address: str, deadline: float) -> int:
+    """The pid of the child once it answers again (after Ray restarted it). A restart takes
+    about a second: poll often, so the first answer after it is not held back by a long
+    backoff step."""
+    delay = 0.05
+    while True:
+        try:
+            async with asyncio.timeout(max(0.1, deadline - time.monotonic())):
+                info = await node.handle(address).ping.remote()
+            return int(info["pid"])
+        except (RayActorError, TimeoutError) as exc:
             if time.monotonic() + delay > deadline:
-                raise
-            # A restart takes about a second: poll often, so the first answer after it is not
-            # held back by a long backoff step.
+                raise node.unavailable(address, exc) from None
             await asyncio.sleep(delay)
             delay = min(delay * 1.5, 0.2)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, ClassVar
 
@@ -32,7 +33,7 @@ from llmspell.tools.context import ToolContext
 from llmspell.tools.errors import SandboxViolation, ToolArgumentError, ToolTimeout
 from llmspell.tools.sandbox.rules import publish_refusal
 
-__all__ = ["NoArgs", "SideEffects", "Tool", "render_result"]
+__all__ = ["NoArgs", "Reconciled", "SideEffects", "Tool", "render_result"]
 
 
 class SideEffects(StrEnum):
@@ -43,6 +44,13 @@ class SideEffects(StrEnum):
 
 class NoArgs(BaseModel):
     pass
+
+
+@dataclass(frozen=True, slots=True)
+class Reconciled:
+    """What `Tool.reconcile` returns when it finds a call's effect already done: its result."""
+
+    result: Any
 
 
 class Tool:
@@ -57,6 +65,21 @@ class Tool:
 
     async def run(self, args: Any, ctx: ToolContext) -> Any:
         raise NotImplementedError(f"tool {self.name!r} has no run()")
+
+    async def reconcile(self, args: Any, ctx: ToolContext) -> Reconciled | None:
+        """Find out whether the call keyed `ctx.idempotency_key` already had its effect.
+
+        Called before a retry whose first attempt's outcome is unknown (its replica died
+        mid-call, perhaps after the effect committed and before the result came back).
+        Return Reconciled(result) if the effect is found done (the call is not run again),
+        None if it did not happen. A tool that implements this is safe to retry even when it
+        is not idempotent: look the key up where the effect lands (a payment id, a row)."""
+        return None
+
+    @property
+    def reconciles(self) -> bool:
+        """Whether this tool can find a past call's effect (it overrides `reconcile`)."""
+        return type(self).reconcile is not Tool.reconcile
 
     # -- what callers use -----------------------------------------------------------------------
 
