@@ -1,0 +1,30 @@
+"""Spells: Lua scripts that drive llmspell (on lupa), in a sandboxed Lua state.
+
+    result = await run_spell("examples/spells/research.lua", inputs={"topic": "Ray"},
+                             runtime=rt, job_id="job-1")
+
+    runner.py    run_spell / exec_spell: a spell as a job, returning a JobResult
+    sandbox.py   the Lua state: what is removed, the memory and instruction limits
+    scheduler.py Lua coroutines driven from asyncio (calls that wait suspend Lua, not Python)
+    prelude.py   the Lua side of the globals
+    bridges/     the Python side of each global: Agent, Tool, Workflow and Pattern, Hook,
+                 Event, State, JSON, Log, Spell
+    hosts.py     the agent host actors a spell's agents run in
+    relay.py     how Lua hooks and tools are reached from agent actors
+    context.py   what one running spell owns
+"""
+
+from llmspell.spells.context import SpellOptions
+from llmspell.spells.errors import (
+    SpellError,
+    SpellLimitExceeded,
+    SpellRunFailed,
+    SpellRuntimeError,
+    SpellSyntaxError,
+)
+from llmspell.spells.runner import exec_spell, run_source, run_spell
+from llmspell.spells.sandbox import SpellLimits
+
+__all__ = ["SpellError", "SpellLimitExceeded", "SpellLimits", "SpellOptions",
+           "SpellRunFailed", "SpellRuntimeError", "SpellSyntaxError", "exec_spell",
+           "run_source", "run_spell"]
