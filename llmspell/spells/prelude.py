@@ -195,6 +195,10 @@ function Spell.all(fns)
   local results = wait(B.spell_all(fns))
   return results
 end
+function Spell.clock()  -- seconds on a monotonic clock, to time things
+  local now = check(B.spell_clock())
+  return now
+end
 function Spell.sleep(seconds)
   wait(B.spell_sleep(seconds))
 end

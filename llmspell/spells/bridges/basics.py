@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from typing import Any
 
 from llmspell.spells.bridges._base import later, now
@@ -61,4 +62,5 @@ def exports(spell: SpellContext) -> dict[str, Any]:
     return {"json_encode": now(spell, json_encode), "json_decode": now(spell, json_decode),
             "log": now(spell, log), "spell_all": later(spell, spell_all),
             "spell_sleep": later(spell, spell_sleep),
-            "spell_timeout": later(spell, spell_timeout), "job_id": spell.job_id}
+            "spell_timeout": later(spell, spell_timeout),
+            "spell_clock": now(spell, time.monotonic), "job_id": spell.job_id}
