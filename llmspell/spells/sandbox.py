@@ -154,7 +154,8 @@ function internals.await(op)
 end
 
 coroutine.create, coroutine.resume, coroutine.wrap = new_thread, resume, wrap
-load, require, print = safe_load, require, print
+-- _G: `require` and `print` are locals here, and a bare name would assign the local.
+_G.load, _G.require, _G.print = safe_load, require, print
 string.dump = nil
 local clock, time, date, difftime = os.clock, os.time, os.date, os.difftime
 os = {clock = clock, time = time, date = date, difftime = difftime}
@@ -189,8 +190,10 @@ class LuaSandbox:
         self.globals: Any = self.lua.globals()
 
     def compile(self, source: str, file: str) -> Any:
-        """The spell as a Lua function, or SpellSyntaxError naming the file and line."""
-        compiled = self.internals.compile(source, f"@{file}")
+        """The spell as a Lua function, or SpellSyntaxError naming the file and line. Lua
+        names the chunk by the file's name (it cuts longer names to 60 characters); the
+        syntax error carries the whole path."""
+        compiled = self.internals.compile(source, f"@{Path(file).name}")
         if isinstance(compiled, tuple):  # (nil, message): lupa returns one value as itself
             raise _syntax_error(file, str(compiled[1]))
         return compiled
@@ -218,11 +221,12 @@ class LuaSandbox:
             return False, f"require {name!r}: outside the spell's folder", ""
         if not path.is_file():
             return False, f"require {name!r}: no file {path.name} in the spell's folder", ""
-        return True, path.read_text(encoding="utf-8"), f"@{path}"
+        return True, path.read_text(encoding="utf-8"), f"@{path.relative_to(self.folder)}"
 
 
 def _syntax_error(file: str, error: str) -> SpellSyntaxError:
     found = _SYNTAX.match(error)
     if found is None:
         return SpellSyntaxError(file, None, f"{file}: {error}")
-    return SpellSyntaxError(file, int(found["line"]), error)
+    return SpellSyntaxError(file, int(found["line"]),
+                            f"{file}:{found['line']}: {found['message']}")

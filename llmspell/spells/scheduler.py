@@ -15,6 +15,8 @@ import itertools
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from lupa import lua54
+
 from llmspell.runtime.errors import AskTimeout, Cancelled, HookCancelled
 from llmspell.spells.errors import SpellLimitExceeded, SpellRuntimeError
 from llmspell.spells.sandbox import LuaSandbox
@@ -58,7 +60,11 @@ class Scheduler:
         pending: asyncio.Future[Any] | None = None
         try:
             while True:
-                out = internals.step(thread, *send)
+                try:
+                    out = internals.step(thread, *send)
+                except lua54.LuaMemoryError:
+                    # Out of memory while reporting the error itself (its traceback).
+                    out = ("error", "not enough memory", "")
                 out = out if isinstance(out, tuple) else (out,)
                 if out[0] == "done":
                     return out[1:]
@@ -87,9 +93,9 @@ class Scheduler:
         return True, to_lua(self.box.lua, value)
 
     def _error(self, message: str, traceback: str) -> SpellRuntimeError:
-        lines = [line for line in traceback.splitlines()[1:]
-                 if not line.strip().startswith(_INTERNAL)]
-        tb = "\n".join(["stack traceback:", *lines]) if len(lines) > 1 else ""
+        frames = traceback.partition("\nstack traceback:\n")[2].splitlines()
+        lines = [line for line in frames if not line.strip().startswith(_INTERNAL)]
+        tb = "\n".join(["stack traceback:", *lines]) if lines else ""
         if self.box.exceeded():
             return SpellLimitExceeded(
                 f"instruction limit exceeded: the spell ran more than "
