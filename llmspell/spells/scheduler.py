@@ -18,7 +18,7 @@ from typing import Any
 from lupa import lua54
 
 from llmspell.runtime.errors import AskTimeout, Cancelled, HookCancelled
-from llmspell.spells.errors import SpellLimitExceeded, SpellRuntimeError
+from llmspell.spells.errors import SpellLimitExceeded, SpellRunFailed, SpellRuntimeError
 from llmspell.spells.sandbox import LuaSandbox
 from llmspell.spells.values import to_lua
 
@@ -32,6 +32,8 @@ def error_message(exc: BaseException) -> str:
     """How a Python error reads in Lua: a kind a spell can test for, then the detail."""
     if isinstance(exc, SpellRuntimeError):
         return exc.message
+    if isinstance(exc, SpellRunFailed):
+        return str(exc)
     if isinstance(exc, AskTimeout | TimeoutError):
         return f"timeout: {exc}" if str(exc) else "timeout"
     if isinstance(exc, HookCancelled | Cancelled | asyncio.CancelledError):

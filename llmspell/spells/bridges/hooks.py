@@ -85,8 +85,23 @@ def hook_result(point: HookPoint, payload: Any, answer: Any) -> HookResult | Non
 
 def _like(original: Any, value: Any) -> Any:
     """A modified payload, of the type the operation expects (a model stays a model)."""
+    value = _shaped(plain(original), value)
     if isinstance(original, BaseModel) and isinstance(value, dict):
         return type(original).model_validate(value)
+    return value
+
+
+def _shaped(original: Any, value: Any) -> Any:
+    """`value` with the empty tables that were lists in `original` made lists again (Lua has
+    one empty table for both)."""
+    if isinstance(original, list):
+        if value == {}:
+            return []
+        if isinstance(value, list) and original:
+            return [_shaped(original[min(i, len(original) - 1)], v)
+                    for i, v in enumerate(value)]
+    if isinstance(original, dict) and isinstance(value, dict):
+        return {k: _shaped(original[k], v) if k in original else v for k, v in value.items()}
     return value
 
 

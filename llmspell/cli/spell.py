@@ -1,0 +1,74 @@
+"""The CLI's side of spells: `llmspell exec 'lua code'`, and what `llmspell run` calls for a
+`.lua` path (the same JobResult as a YAML job, so it prints and exits the same way).
+
+Models: `local:<name>` goes to the server at LLMSPELL_LOCAL_LLM_URL (the local LLM server, for
+offline runs); other providers read their usual environment (OPENAI_API_KEY, ...).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from llmspell.jobs.result import ExitCode, JobResult
+from llmspell.runtime.messages import new_id
+from llmspell.runtime.runtime import Runtime
+from llmspell.spells import SpellOptions, SpellSyntaxError, exec_spell, run_spell
+
+__all__ = ["exec_command", "is_spell", "parse_inputs", "run_lua"]
+
+
+def is_spell(path: Path | str) -> bool:
+    """Whether `llmspell run` was given a spell rather than a job spec."""
+    return str(path).endswith(".lua")
+
+
+def parse_inputs(items: list[str]) -> dict[str, Any]:
+    """`-i key=value` pairs (the value stays a string, as a spell's Args)."""
+    inputs: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise typer.BadParameter(f"{item!r}: give an input as key=value")
+        inputs[key] = value
+    return inputs
+
+
+async def run_lua(path: Path | str, *, inputs: dict[str, Any], runtime: Runtime, job_id: str,
+                  options: SpellOptions | None = None) -> JobResult:
+    """What `llmspell run spell.lua` awaits (in its progress view and Ctrl-C handling).
+    Raises SpellSyntaxError (exit code 2, like a bad job spec) before anything runs."""
+    return await run_spell(path, inputs=inputs, runtime=runtime, job_id=job_id,
+                           options=options)
+
+
+def exec_command(
+    code: str = typer.Argument(..., help="The Lua code to run, e.g. 'return 6 * 7'."),
+    input: list[str] = typer.Option([], "--input", "-i", help="An input: key=value."),  # noqa: B008
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+) -> None:
+    """Run a one-line spell on an embedded local Ray."""
+    inputs = parse_inputs(input)
+    job_id = f"exec-{new_id()[-12:]}"
+
+    async def main() -> JobResult:
+        async with Runtime(job_id=job_id) as runtime:
+            return await exec_spell(code, inputs=inputs, runtime=runtime, job_id=job_id)
+
+    try:
+        result = asyncio.run(main())
+    except SpellSyntaxError as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(ExitCode.bad_spec) from None
+    if as_json:
+        typer.echo(json.dumps(result.to_json(), ensure_ascii=False, default=str))
+    elif result.ok:
+        if result.text:
+            typer.echo(result.text)
+    else:
+        typer.echo(f"{result.status}: {result.reason}", err=True)
+    raise typer.Exit(result.exit_code)
