@@ -72,7 +72,8 @@ class AgentHosts:
     async def ready(self, agent: SpellAgent) -> AgentHandle:
         """The agent's handle, starting its host if it has none yet."""
         if agent.handle is None:
-            await self.start_pending()
+            # Shielded: a caller timing out must not leave a host half started.
+            await asyncio.shield(self.start_pending())
         assert agent.handle is not None
         return agent.handle
 

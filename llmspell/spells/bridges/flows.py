@@ -10,7 +10,8 @@ A Lua table only records the recipe; `run` builds the Python pattern (starting a
 needed) and runs it in the driver with the spell's state, events and hooks, so the
 workflow_step, delegation and handoff hooks fire there. Steps are agents, tools (by name or
 table), other workflows and patterns, or Lua functions of the input. Predicates and reducers
-are Lua functions too.
+are Lua functions too (a loop's `until` is a Lua keyword: write `["until"] = fn`, or
+`stop_when = fn`).
 """
 
 from __future__ import annotations
@@ -91,7 +92,8 @@ class Builder:
                                    default=s.get("default"), **common)
             case "loop":
                 return Loop(name, await self.step(s.get("body")),
-                            until=self.function(s.get("until"), result=True),
+                            until=self.function(s.get("until", s.get("stop_when")),
+                                                result=True),
                             max_iterations=int(s.get("max_iterations", 10)), **common)
             case "map_reduce":
                 reduce = s.get("reduce")
