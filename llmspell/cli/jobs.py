@@ -7,10 +7,13 @@ The address is the cluster's dashboard (http://HOST:8265), from --address or RAY
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import ParamSpec
 
 import typer
 from rich.console import Console
@@ -18,11 +21,27 @@ from rich.table import Table
 
 from llmspell.jobs import ExitCode
 from llmspell.jobs.runner import new_job_id
-from llmspell.jobs.submit import Submission, events_in
+from llmspell.jobs.submit import Submission, SubmissionError, events_in
 
 from .run import parse_inputs, resume_local, spec_or_exit
 
 __all__ = ["jobs_app", "submit"]
+
+P = ParamSpec("P")
+
+def _api(command: Callable[P, None]) -> Callable[P, None]:
+    """Errors of the Jobs API end the command with their message, not a traceback."""
+
+    @functools.wraps(command)
+    def run(*args: P.args, **kwargs: P.kwargs) -> None:
+        try:
+            command(*args, **kwargs)
+        except SubmissionError as exc:
+            Console(stderr=True).print(f"[red]{exc}")
+            raise typer.Exit(ExitCode.failed) from None
+
+    return run
+
 
 jobs_app = typer.Typer(help="Jobs on a Ray cluster: list, status, logs, events, cancel, "
                             "resume.", no_args_is_help=True)
@@ -40,6 +59,7 @@ def _submission(address: str | None) -> Submission:
     return Submission(address)
 
 
+@_api
 def submit(
     path: Path = typer.Argument(..., help="The job spec (YAML or JSON)."),  # noqa: B008
     address: str | None = typer.Option(None, "--address", help=ADDRESS_HELP),
@@ -75,6 +95,7 @@ def _follow_logs(sub: Submission, job_id: str) -> int:
 
 
 @jobs_app.command("list")
+@_api
 def list_jobs(address: str | None = typer.Option(None, "--address", help=ADDRESS_HELP)) -> None:
     """The cluster's jobs, newest first."""
     table = Table(show_edge=False)
@@ -94,6 +115,7 @@ def _status(status: object) -> str:
 
 
 @jobs_app.command("status")
+@_api
 def status(job_id: str, address: str | None = typer.Option(None, "--address", help=ADDRESS_HELP),
            as_json: bool = typer.Option(False, "--json")) -> None:
     """A job's status (and, when it ended, its exit code and result)."""
@@ -124,6 +146,7 @@ def _result_in(log: str) -> dict[str, object] | None:
 
 
 @jobs_app.command("logs")
+@_api
 def logs(job_id: str, address: str | None = typer.Option(None, "--address", help=ADDRESS_HELP),
          follow: bool = typer.Option(False, "--follow", "-f", help="Until the job ends.")) -> None:
     """A job's log (its driver's output)."""
@@ -134,6 +157,7 @@ def logs(job_id: str, address: str | None = typer.Option(None, "--address", help
 
 
 @jobs_app.command("events")
+@_api
 def events(job_id: str, address: str | None = typer.Option(None, "--address", help=ADDRESS_HELP),
            follow: bool = typer.Option(False, "--follow", "-f", help="Until the job ends."),
            pattern: str = typer.Option("**", "--pattern", help="Only topics matching this.")
@@ -164,6 +188,7 @@ def events(job_id: str, address: str | None = typer.Option(None, "--address", he
 
 
 @jobs_app.command("cancel")
+@_api
 def cancel(job_id: str, address: str | None = typer.Option(None, "--address", help=ADDRESS_HELP)
            ) -> None:
     """Cancel a job: its driver gets SIGTERM and stops the job cleanly."""
@@ -172,6 +197,7 @@ def cancel(job_id: str, address: str | None = typer.Option(None, "--address", he
 
 
 @jobs_app.command("resume")
+@_api
 def resume(job_id: str,
            address: str | None = typer.Option(None, "--address", help="Resume on this "
                                               "cluster (default: here, from the local state)."),

@@ -241,8 +241,8 @@ class Assembly:
     # -- the pattern ---------------------------------------------------------------------------
 
     def root(self, env: AgentEnv) -> Step:
-        if self.spec.pattern is None:
-            return self.handles[self.spec.agents[0].name]
+        if self.spec.pattern is None:  # one agent: a one-step workflow cancels and resumes it
+            return Sequential(self.spec.name, [self.handles[self.spec.agents[0].name]])
         root: Step = self.pattern(self.spec.pattern, env)
         return root
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import time
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +22,8 @@ from llmspell.llm.registry import split_model
 
 from .spec import JobSpec
 
-__all__ = ["EVENT_PREFIX", "PROVIDER_ENV", "Submission", "events_in", "forwarded_env"]
+__all__ = ["EVENT_PREFIX", "PROVIDER_ENV", "Submission", "SubmissionError", "events_in",
+           "forwarded_env"]
 
 EVENT_PREFIX = "llmspell-event "
 
@@ -32,6 +34,9 @@ PROVIDER_ENV: dict[str, tuple[str, ...]] = {
     "anthropic": ("ANTHROPIC_API_KEY", "ANTHROPIC_BASE_URL"),
     "local": ("LLMSPELL_LOCAL_LLM_URL", "LLMSPELL_LOCAL_LLM_KEY"),
 }
+# `jobs cancel` sends SIGTERM; the job then stops its actors and checkpoints: give it time
+# before Ray's SIGKILL (3 s by default).
+_STOP = {"RAY_JOB_STOP_WAIT_TIME_S": "30"}
 _EXCLUDES = [".git", ".venv", "venv", "__pycache__", "node_modules", ".mypy_cache",
              ".ruff_cache", ".pytest_cache"]
 
@@ -66,6 +71,10 @@ def events_in(lines: Iterable[str]) -> list[dict[str, Any]]:
     return found
 
 
+class SubmissionError(RuntimeError):
+    """The Ray Jobs API refused or failed a request; says which cluster and what it said."""
+
+
 @dataclass
 class Submission:
     """The Ray Jobs API at `address` (a dashboard URL such as http://127.0.0.1:8265)."""
@@ -75,7 +84,24 @@ class Submission:
     def client(self) -> Any:
         from ray.job_submission import JobSubmissionClient
 
-        return JobSubmissionClient(self.address)
+        try:
+            return JobSubmissionClient(self.address)
+        except (ConnectionError, RuntimeError) as exc:
+            raise SubmissionError(f"no Ray Jobs API at {self.address}: {exc}") from None
+
+    def _call(self, what: str, fn: Any, *args: Any, retry_s: float = 0.0, **kwargs: Any) -> Any:
+        """One Jobs API call, with a clear error; `retry_s` rides out a cluster whose job agent
+        is still starting."""
+        deadline = time.monotonic() + retry_s
+        while True:
+            try:
+                return fn(*args, **kwargs)
+            except RuntimeError as exc:
+                text = str(exc).removeprefix("Request failed with status code ")
+                if "No available agent" in text and time.monotonic() < deadline:
+                    time.sleep(1.0)
+                    continue
+                raise SubmissionError(f"{what} on {self.address}: {text.rstrip('.')}") from None
 
     def submit(self, path: Path, spec: JobSpec, inputs: dict[str, str], *, job_id: str,
                python: str = "python") -> str:
@@ -84,10 +110,10 @@ class Submission:
             args += ["-i", f"{key}={value}"]
         entrypoint = " ".join(shlex.quote(a) for a in [python, *args])
         runtime_env = {"working_dir": str(path.resolve().parent), "excludes": _EXCLUDES,
-                       "env_vars": forwarded_env(spec)}
-        return str(self.client().submit_job(entrypoint=entrypoint, submission_id=job_id,
-                                            runtime_env=runtime_env,
-                                            metadata={"llmspell_job": spec.name}))
+                       "env_vars": {**forwarded_env(spec), **_STOP}}
+        return str(self._call("submit", self.client().submit_job, entrypoint=entrypoint,
+                              submission_id=job_id, runtime_env=runtime_env,
+                              metadata={"llmspell_job": spec.name}, retry_s=60))
 
     def resume(self, job_id: str, *, attempt: int, python: str = "python") -> str:
         """A new submission that finishes `job_id` from its checkpoints on the cluster."""
@@ -95,23 +121,24 @@ class Submission:
                                                        "resume", job_id, "--json"])
         names = {n for names in PROVIDER_ENV.values() for n in names}
         env = {n: os.environ[n] for n in sorted(names) if os.environ.get(n)}
-        return str(self.client().submit_job(entrypoint=entrypoint,
-                                            submission_id=f"{job_id}-resume-{attempt}",
-                                            runtime_env={"env_vars": env},
-                                            metadata={"llmspell_resumes": job_id}))
+        return str(self._call("resume", self.client().submit_job, entrypoint=entrypoint,
+                              submission_id=f"{job_id}-resume-{attempt}",
+                              runtime_env={"env_vars": {**env, **_STOP}},
+                              metadata={"llmspell_resumes": job_id}, retry_s=60))
 
     def list(self) -> list[Any]:
-        return list(self.client().list_jobs())
+        return list(self._call("list jobs", self.client().list_jobs))
 
     def status(self, job_id: str) -> Any:
-        return self.client().get_job_info(job_id)
+        return self._call(f"job {job_id}", self.client().get_job_info, job_id)
 
     def logs(self, job_id: str) -> str:
-        return str(self.client().get_job_logs(job_id))
+        return str(self._call(f"job {job_id}", self.client().get_job_logs, job_id))
 
     async def tail(self, job_id: str) -> AsyncIterator[str]:
+        self.status(job_id)  # a clear error for an unknown job before tailing
         async for chunk in self.client().tail_job_logs(job_id):
             yield str(chunk)
 
     def cancel(self, job_id: str) -> bool:
-        return bool(self.client().stop_job(job_id))
+        return bool(self._call(f"job {job_id}", self.client().stop_job, job_id))

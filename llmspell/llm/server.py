@@ -92,6 +92,7 @@ class RecordedRequest:
     headers: dict[str, str]
     body_sha256: str
     body: Any
+    key_sha256: str | None = None  # the credential's hash: which key came, never the key
     rule: str | None = None
     fault: str | None = None
     status: int | None = None
@@ -116,7 +117,8 @@ class RequestLog:
             seq=next(self._seq), monotonic=mono, wall_time=wall, method=request.method,
             path=request.url.path, api=api, model=model if isinstance(model, str) else None,
             stream=data.get("stream") is True, auth=_auth_kind(request),
-            headers=_redacted(request), body_sha256=hashlib.sha256(raw).hexdigest(), body=body)
+            headers=_redacted(request), body_sha256=hashlib.sha256(raw).hexdigest(), body=body,
+            key_sha256=_key_hash(request))
         with self._lock:
             self._items.append(item)
         return item
@@ -137,6 +139,12 @@ def _auth_kind(request: Request) -> AuthKind:
     if request.headers.get("authorization", "").lower().startswith("bearer "):
         return "bearer"
     return "none"
+
+
+def _key_hash(request: Request) -> str | None:
+    key = request.headers.get("x-api-key") or request.headers.get("authorization", "")
+    key = key.removeprefix("Bearer ").removeprefix("bearer ")
+    return hashlib.sha256(key.encode()).hexdigest() if key else None
 
 
 def _redacted(request: Request) -> dict[str, str]:

@@ -1,0 +1,167 @@
+"""`llmspell submit` and `llmspell jobs` against a real Ray head started by the test with
+`ray start --head` on 127.0.0.1 (its dashboard on a free port), stopped at the end."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import secrets
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from llmspell.llm.server import LocalLLMServer
+
+pytestmark = pytest.mark.cluster
+
+SCENARIO = {"rules": [
+    {"match": {"model": "^slow$"}, "latency_ms": 60000, "reply": "too late"},
+    {"match": {"model": "^writer$"}, "reply": "submitted and done"},
+]}
+
+
+def free_ports(n: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(n)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+@pytest.fixture(scope="module")
+def head(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, dict[str, str]]]:
+    """A one-node Ray cluster of its own (its own HOME, ports and temp dir)."""
+    home = tmp_path_factory.mktemp("head")
+    ports = free_ports(9)
+    env = {**os.environ, "HOME": str(home),
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    for key in ("RAY_ADDRESS", "OPENAI_API_KEY", "ANTHROPIC_API_KEY"):
+        env.pop(key, None)
+    args = ["ray", "start", "--head", "--block", "--node-ip-address=127.0.0.1",
+            "--dashboard-host=127.0.0.1", "--num-cpus=2", "--disable-usage-stats",
+            "--include-dashboard=true", f"--temp-dir={home}/ray", f"--port={ports[0]}",
+            f"--dashboard-port={ports[1]}", f"--dashboard-agent-listen-port={ports[2]}",
+            f"--dashboard-agent-grpc-port={ports[3]}", f"--metrics-export-port={ports[4]}",
+            f"--runtime-env-agent-port={ports[5]}", f"--node-manager-port={ports[6]}",
+            f"--object-manager-port={ports[7]}", f"--ray-client-server-port={ports[8]}"]
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    address = f"http://127.0.0.1:{ports[1]}"
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            with urllib.request.urlopen(f"{address}/api/version", timeout=2):
+                break
+        except OSError:
+            assert proc.poll() is None and time.monotonic() < deadline, "ray start failed"
+            time.sleep(0.5)
+    try:
+        yield address, env
+    finally:
+        proc.terminate()  # `ray start --block` stops everything it started
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, 9)
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[LocalLLMServer]:
+    with LocalLLMServer(SCENARIO) as s:
+        yield s
+
+
+def cli(*args: str, env: dict[str, str], cwd: Path, timeout: float = 120
+        ) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "llmspell", *args], env=env, cwd=cwd,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def job_file(folder: Path, server: LocalLLMServer, model: str) -> Path:
+    folder.mkdir()
+    path = folder / "job.yaml"
+    path.write_text(yaml.safe_dump({
+        "name": "submitted",
+        "models": {"providers": {"openai-chat": {"base_url": server.openai_base_url}}},
+        "agents": [{"name": "writer", "model": f"openai-chat:{model}", "stream": False}],
+        "state": {"backend": "memory"}}))
+    return path
+
+
+def wait_status(address: str, job: str, env: dict[str, str], cwd: Path, want: set[str],
+                timeout: float = 120) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        done = cli("jobs", "status", job, "--address", address, "--json", env=env, cwd=cwd)
+        assert done.returncode == 0, done.stderr
+        status: dict[str, Any] = json.loads(done.stdout)
+        if status["status"] in want:
+            return status
+        assert time.monotonic() < deadline, status
+        time.sleep(1)
+
+
+def test_submit_follow_and_keys_only_through_the_runtime_env(
+        head: tuple[str, dict[str, str]], server: LocalLLMServer, tmp_path: Path) -> None:
+    address, base = head
+    key = f"sk-fake-{secrets.token_hex(12)}"
+    env = {**base, "OPENAI_API_KEY": key}
+    path = job_file(tmp_path / "job", server, "writer")
+
+    submitted = cli("submit", str(path), "--address", address, "-i", "input=go", "--job-id",
+                    "sub-ok", env=env, cwd=tmp_path, timeout=180)
+    assert submitted.returncode == 0, submitted.stderr
+    logs = cli("jobs", "logs", "sub-ok", "--address", address, "--follow", env=env,
+               cwd=tmp_path, timeout=180)
+    assert logs.returncode == 0, logs.stdout[-2000:]
+    status = wait_status(address, "sub-ok", env, tmp_path, {"SUCCEEDED", "FAILED"})
+    assert status["status"] == "SUCCEEDED" and status["result"]["output"] == "submitted and done"
+    events = cli("jobs", "events", "sub-ok", "--address", address, env=env, cwd=tmp_path)
+    topics = [json.loads(line)["topic"] for line in events.stdout.splitlines()]
+    assert topics.count("job.completed") == 1 and "agent.run.finished" in topics
+    listed = cli("jobs", "list", "--address", address, env=env, cwd=tmp_path)
+    assert "sub-ok" in listed.stdout
+
+    # the key reached the job's workers (the agent's requests carried it)...
+    sent = {r.key_sha256 for r in server.requests if r.model == "writer"}
+    assert sent == {hashlib.sha256(key.encode()).hexdigest()}
+    # ...and nothing the job wrote holds it: its log, its events, its spec, its event log
+    written = [logs.stdout, events.stdout, path.read_text()]
+    home = Path(base["HOME"])
+    written += [p.read_bytes().decode("latin-1") for p in home.rglob("*.db*") if p.is_file()]
+    written += [p.read_text(errors="replace") for p in (home / "ray").rglob("job-driver-*")]
+    assert len(written) > 3 and not any(key in text for text in written)
+
+
+def test_cancel_stops_a_running_submitted_job(
+        head: tuple[str, dict[str, str]], server: LocalLLMServer, tmp_path: Path) -> None:
+    address, env = head
+    path = job_file(tmp_path / "slow", server, "slow")
+    submitted = cli("submit", str(path), "--address", address, "-i", "input=go", "--job-id",
+                    "sub-slow", env=env, cwd=tmp_path, timeout=180)
+    assert submitted.returncode == 0, submitted.stderr
+    deadline = time.monotonic() + 120
+    while not any(r.model == "slow" for r in server.requests):  # the job is mid-call
+        assert time.monotonic() < deadline
+        time.sleep(0.5)
+    cancelled = cli("jobs", "cancel", "sub-slow", "--address", address, env=env, cwd=tmp_path)
+    assert cancelled.returncode == 0 and "cancelling" in cancelled.stdout
+    status = wait_status(address, "sub-slow", env, tmp_path, {"STOPPED", "FAILED", "SUCCEEDED"},
+                         timeout=60)
+    assert status["status"] == "STOPPED"
+    logs = cli("jobs", "logs", "sub-slow", "--address", address, env=env, cwd=tmp_path).stdout
+    final = [json.loads(line) for line in logs.splitlines() if line.startswith('{"job_id"')]
+    assert final and final[-1]["status"] == "cancelled", logs[-3000:]  # wound down, not killed
+    unknown = cli("jobs", "status", "nope", "--address", address, env=env, cwd=tmp_path)
+    assert unknown.returncode == 1 and "Job nope does not exist" in unknown.stderr
