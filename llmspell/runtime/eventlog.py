@@ -7,6 +7,10 @@ behind, the bus makes publishers wait (`full` / `room()`).
 
 `replay(job_id, from_seq, pattern)` reads a job's events back in sequence order, from a
 separate read connection (WAL lets readers run beside the writer).
+
+The file carries the events' schema version (SQLite's `user_version`). A log written before
+the version was stamped has the layout of version 1 and is adopted as such; a log of a version
+this runtime does not know is refused with EventLogVersionError, never misread.
 """
 
 from __future__ import annotations
@@ -19,7 +23,8 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
-from llmspell.runtime.events import Event, TopicPattern
+from llmspell.runtime.errors import LlmspellError
+from llmspell.runtime.events import EVENT_SCHEMA, Event, TopicPattern
 from llmspell.runtime.logs import get_logger
 
 _SCHEMA = """
@@ -34,6 +39,25 @@ CREATE TABLE IF NOT EXISTS events (
 ) WITHOUT ROWID;
 """
 _STOP = object()
+
+
+class EventLogVersionError(LlmspellError):
+    """The event log file was written with an events schema this runtime cannot read."""
+
+    def __init__(self, path: str, found: int) -> None:
+        super().__init__(f"event log {path!r} has events schema version {found}; this runtime "
+                         f"reads version {EVENT_SCHEMA} (open it with the llmspell version "
+                         "that wrote it, or start a new log)")
+        self.path = path
+        self.found = found
+
+
+def _check_version(conn: sqlite3.Connection, path: str) -> None:
+    found = int(conn.execute("PRAGMA user_version").fetchone()[0])
+    if found == 0:  # new, or written before the version was stamped: the layout of 1
+        conn.execute(f"PRAGMA user_version = {EVENT_SCHEMA}")
+    elif found != EVENT_SCHEMA:
+        raise EventLogVersionError(path, found)
 
 
 class EventLog:
@@ -57,6 +81,7 @@ class EventLog:
         if os.path.dirname(path):
             os.makedirs(os.path.dirname(path), exist_ok=True)
         with self._connect() as conn:
+            _check_version(conn, path)
             conn.executescript(_SCHEMA)
         self._lock = threading.Lock()
         self._pending: list[tuple[str, int, str, str, float, bytes]] = []

@@ -24,7 +24,11 @@ _SEGMENT = re.compile(r"^[A-Za-z0-9_\-:<>@/]+$")
 
 
 _UNSET: Any = object()
-_BATCH_TAG = "llmspell.events/1"
+# The schema version of events between processes and in the event log. A reader refuses a
+# version it does not know with a clear error rather than misreading its fields.
+EVENT_SCHEMA = 1
+_TAG_PREFIX = "llmspell.events/"
+_BATCH_TAG = f"{_TAG_PREFIX}{EVENT_SCHEMA}"
 
 
 def pack_payload(payload: Any) -> bytes:
@@ -143,6 +147,11 @@ def unpack_events(data: bytes) -> list[Event]:
         batch = msgpack.unpackb(data, raw=False, strict_map_key=False)
     except Exception as exc:  # msgpack raises several unrelated types for bad bytes
         raise CodecError(f"event batch is not valid msgpack: {exc}") from None
+    if (isinstance(batch, list) and len(batch) == 2 and isinstance(batch[0], str)
+            and batch[0].startswith(_TAG_PREFIX) and batch[0] != _BATCH_TAG):
+        raise CodecError(f"event batch has schema version {batch[0][len(_TAG_PREFIX):]!r}; "
+                         f"this runtime reads version {EVENT_SCHEMA} (run the same llmspell "
+                         "version in every process of a job)", reason="version")
     if not (isinstance(batch, list) and len(batch) == 2 and batch[0] == _BATCH_TAG
             and isinstance(batch[1], list)):
         raise CodecError(f"an event batch must be [{_BATCH_TAG!r}, [events...]]")
