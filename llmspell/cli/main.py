@@ -28,6 +28,7 @@ def _register() -> None:
     from llmspell.cli.jobs import jobs_app, submit
     from llmspell.cli.llm_server import llm_server
     from llmspell.cli.run import demo, run, validate
+    from llmspell.cli.serve import serve_app
     from llmspell.cli.tools import tools_app
 
     app.command("run")(run)
@@ -38,6 +39,7 @@ def _register() -> None:
     app.command("llm-server", help="Run the local OpenAI/Anthropic-compatible LLM server.")(
         llm_server)
     app.add_typer(tools_app, name="tools")
+    app.add_typer(serve_app, name="serve")
 
 
 _register()

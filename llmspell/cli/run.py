@@ -14,6 +14,7 @@ import json
 import os
 import signal
 import sys
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ from llmspell.agents.result import RunResult
 from llmspell.jobs import ExitCode, JobResult, JobRun, JobSpec, JobSpecError, JobStatus
 from llmspell.jobs.build import plan_hosts
 from llmspell.jobs.runner import job_runtime, load_saved, new_job_id
+from llmspell.runtime.errors import LlmspellError
 from llmspell.runtime.runtime import Runtime
 from llmspell.runtime.settings import RuntimeSettings
 
@@ -201,9 +203,24 @@ def run(
         console.print(f"[red]{exc}")
         raise typer.Exit(ExitCode.bad_spec) from None
     live = not as_json and not events and console.is_terminal
-    result, view = asyncio.run(_run_spec(spec, inputs, address=address,
-                                         job_id=job_id or new_job_id(spec), resume=False,
-                                         console=console, live=live, events=events))
+    finish(lambda: _run_spec(spec, inputs, address=address, job_id=job_id or new_job_id(spec),
+                             resume=False, console=console, live=live, events=events),
+           as_json=as_json, console=console)
+
+
+def finish(job: Callable[[], Coroutine[Any, Any, tuple[JobResult, JobView]]], *,
+           as_json: bool, console: Console) -> None:
+    """Run `job` to its end, report, and exit with the job's code. Problems found once the job
+    is starting (an MCP server's missing tool, a cluster that cannot be reached) end it with
+    a clear message: exit 2 for the spec's, 1 for the rest."""
+    try:
+        result, view = asyncio.run(job())
+    except (JobSpecError, LookupError) as exc:
+        console.print(f"[red]{exc}")
+        raise typer.Exit(ExitCode.bad_spec) from None
+    except LlmspellError as exc:
+        console.print(f"[red]{type(exc).__name__}: {exc}")
+        raise typer.Exit(ExitCode.failed) from None
     report(result, view, as_json=as_json, console=console)
     raise typer.Exit(result.exit_code)
 
@@ -250,11 +267,9 @@ def demo(
         else:
             spec = demo_spec(model=model)
         spec.state.backend = "memory"  # the demo leaves nothing behind
-        result, view = asyncio.run(_run_spec(spec, {}, address=None, job_id=new_job_id(spec),
-                                             resume=False, console=console, live=live,
-                                             events=False))
-    report(result, view, as_json=as_json, console=console)
-    raise typer.Exit(result.exit_code)
+        finish(lambda: _run_spec(spec, {}, address=None, job_id=new_job_id(spec),
+                                 resume=False, console=console, live=live, events=False),
+               as_json=as_json, console=console)
 
 
 async def _resume_local(job_id: str, path: str, *, console: Console, live: bool
@@ -271,11 +286,6 @@ def resume_local(job_id: str, state: str | None, as_json: bool) -> None:
     if cluster_address(None) is None and not Path(path).exists():
         console.print(f"[red]job {job_id}: no state file at {path} (give --state)")
         raise typer.Exit(ExitCode.bad_spec)
-    try:
-        result, view = asyncio.run(_resume_local(job_id, path, console=console,
-                                                 live=not as_json and console.is_terminal))
-    except (JobSpecError, LookupError) as exc:
-        console.print(f"[red]{exc}")
-        raise typer.Exit(ExitCode.bad_spec) from None
-    report(result, view, as_json=as_json, console=console)
-    raise typer.Exit(result.exit_code)
+    finish(lambda: _resume_local(job_id, path, console=console,
+                                 live=not as_json and console.is_terminal),
+           as_json=as_json, console=console)

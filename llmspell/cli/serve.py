@@ -5,7 +5,9 @@
     llmspell serve mcp myteam:steps                     # plus the agents of a Python module
     llmspell serve a2a myteam:steps --port 8766         # each agent at /<name>, with its card
 
-TARGET is `module:attribute`: a Step or a Tool, a list or dict of them, or a function (sync or
+TARGET is a job spec (job.yaml: its agents and root pattern are served, started on an embedded
+Ray, or the cluster RAY_ADDRESS names, for as long as the server runs), or `module:attribute`:
+a Step or a Tool, a list or dict of them, or a function (sync or
 async) returning them. The token may come from $LLMSPELL_SERVE_TOKEN instead of the command
 line (which other users of the machine can see). Servers bind 127.0.0.1 unless told otherwise,
 and refuse any other address without a token.
@@ -16,11 +18,12 @@ Exit codes: 0 stopped; 2 bad usage (an unknown target, a bind without a token, a
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib
 import inspect
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
 import typer
@@ -35,7 +38,8 @@ TOKEN_ENV = "LLMSPELL_SERVE_TOKEN"
 serve_app = typer.Typer(name="serve", no_args_is_help=True,
                         help="Serve tools and agents over MCP (stdio or HTTP) or A2A.")
 
-_TARGET = typer.Argument(None, help="module:attribute giving Steps and Tools (see --help)")
+_TARGET = typer.Argument(None, help="A job spec (its agents and pattern), or "
+                                     "module:attribute giving Steps and Tools (see --help)")
 _HOST = typer.Option("127.0.0.1", help="Address to bind; beyond loopback a token is required.")
 _TOKEN = typer.Option(None, envvar=TOKEN_ENV, show_envvar=True,
                       help="Bearer token clients must send.")
@@ -76,6 +80,34 @@ async def load_target(target: str | None) -> tuple[list[Tool], list[Any]]:
     return tools, steps
 
 
+_SPEC_SUFFIXES = (".yaml", ".yml", ".json")
+Served = tuple[list[Tool], list[Any], Callable[[Any], Any] | None]
+
+
+@contextlib.asynccontextmanager
+async def served(target: str | None) -> AsyncIterator[Served]:
+    """The tools and steps to serve, and the context their calls run in: a job spec's agents
+    and root pattern, started for as long as the server runs, or a Python `module:attribute`
+    (see `load_target`). Raises ValueError for a bad target."""
+    if not (target and target.endswith(_SPEC_SUFFIXES)):
+        tools, steps = await load_target(target)
+        yield tools, steps, None
+        return
+    from llmspell.cli.run import cluster_address
+    from llmspell.jobs import JobSpec, JobSpecError
+    from llmspell.jobs.runner import job_runtime, new_job_id, open_job
+
+    try:
+        spec = JobSpec.from_file(target)
+    except JobSpecError as exc:
+        raise ValueError(str(exc)) from None
+    spec.state.backend = "memory"  # a served job answers calls; it has nothing to resume
+    job_id = new_job_id(spec)
+    async with job_runtime(spec, address=cluster_address(None), job_id=job_id) as runtime, \
+            open_job(spec, runtime=runtime, job_id=job_id) as job:
+        yield job.parts.tools_for(spec.agents), job.steps(), job.call_context
+
+
 @serve_app.command("mcp")
 def serve_mcp(
     target: str | None = _TARGET,
@@ -101,35 +133,31 @@ async def _serve_mcp(target: str | None, *, http: bool, host: str, port: int,
     from llmspell.tools.sandbox import Sandbox
 
     try:
-        tools, steps = await load_target(target)
         if http:
             check_bind(host, token)
-    except ValueError as exc:
-        raise _fail(str(exc)) from None
-    if builtin:
-        from llmspell.tools.builtin import BUILTIN_TOOLS
+        async with served(target) as (tools, steps, job_context):
+            if builtin:
+                from llmspell.tools.builtin import BUILTIN_TOOLS
 
-        tools = [*BUILTIN_TOOLS, *tools]
-    sandbox = Sandbox(root=root)
-    try:
-        server = build_mcp_server(tools, steps, context=lambda tool: ToolContext(
-            chain=("mcp",), sandbox=sandbox))
-    except ValueError as exc:
-        raise _fail(str(exc)) from None
-    if not http:
-        await serve_mcp_stdio(server)
-        return
-    typer.echo(f"MCP over streamable HTTP at http://{host}:{port}{path}"
-               f"{' (bearer token required)' if token else ''}", err=True)
-    try:
-        await serve_mcp_http(server, host=host, port=port, token=token, path=path)
-    except OSError as exc:
+                names = {t.name for t in tools}
+                tools = [*(t for t in BUILTIN_TOOLS if t.name not in names), *tools]
+            sandbox = Sandbox(root=root)
+            server = build_mcp_server(tools, steps, context=job_context or (
+                lambda tool: ToolContext(chain=("mcp",), sandbox=sandbox)))
+            if not http:
+                await serve_mcp_stdio(server)
+                return
+            typer.echo(f"MCP over streamable HTTP at http://{host}:{port}{path}"
+                       f"{' (bearer token required)' if token else ''}", err=True)
+            await serve_mcp_http(server, host=host, port=port, token=token, path=path)
+    except (ValueError, OSError) as exc:
         raise _fail(str(exc)) from None
 
 
 @serve_app.command("a2a")
 def serve_a2a(
-    target: str = typer.Argument(..., help="module:attribute giving the Steps to publish"),
+    target: str = typer.Argument(..., help="A job spec (its agents and pattern), or "
+                                 "module:attribute giving the Steps to publish"),
     host: str = _HOST,
     port: int = typer.Option(8766, help="HTTP port."),
     token: str | None = _TOKEN,
@@ -148,15 +176,13 @@ async def _serve_a2a(target: str, *, host: str, port: int, token: str | None,
     from llmspell.protocols.http import HTTPServer
 
     try:
-        _, steps = await load_target(target)
-        app = a2a_app(steps, token=token, host=host, default=default, public_url=public_url)
-        server = HTTPServer(app, host=host, port=port, token=token, log_level="warning")
-    except ValueError as exc:
-        raise _fail(str(exc)) from None
-    names = ", ".join(f"/{s.name}" for s in steps)
-    typer.echo(f"A2A agents at http://{host}:{port}: {names}"
-               f"{' (bearer token required)' if token else ''}", err=True)
-    try:
-        await server.serve_forever()
-    except OSError as exc:
+        async with served(target) as (_, steps, job_context):
+            app = a2a_app(steps, token=token, host=host, default=default,
+                          public_url=public_url, context=job_context)
+            server = HTTPServer(app, host=host, port=port, token=token, log_level="warning")
+            names = ", ".join(f"/{s.name}" for s in steps)
+            typer.echo(f"A2A agents at http://{host}:{port}: {names}"
+                       f"{' (bearer token required)' if token else ''}", err=True)
+            await server.serve_forever()
+    except (ValueError, OSError) as exc:
         raise _fail(str(exc)) from None

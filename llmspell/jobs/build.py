@@ -44,10 +44,11 @@ from llmspell.tools.base import Tool
 from llmspell.tools.builtin import builtin_registry
 from llmspell.tools.context import ToolContext
 from llmspell.tools.executor import RoutedExecutor
+from llmspell.tools.registry import ToolRegistry
 
 from . import patterns as p
 from .expressions import Expression
-from .spec import JobSpec
+from .spec import JobSpec, JobSpecError
 
 __all__ = ["SPLITTERS", "Assembly", "hook_specs", "plan_hosts"]
 
@@ -135,9 +136,35 @@ class Assembly:
     spec: JobSpec
     runtime: Runtime
     job_id: str
-    handles: dict[str, AgentHandle] = field(default_factory=dict)
+    handles: dict[str, Any] = field(default_factory=dict)  # agent handles, remote agents
     pools: dict[str, ToolPoolRef] = field(default_factory=dict)
     supervisor: str = ""
+    external_tools: list[Tool] = field(default_factory=list)  # the MCP servers' tools
+
+    async def load_tools(self) -> None:
+        """List the MCP servers' tools, then check every tool name the spec uses against the
+        tools the job really has (a server's list is only known now)."""
+        if self.spec.mcp_servers:
+            from llmspell.protocols.mcp_tools import load_mcp_tools
+
+            self.external_tools = list(await load_mcp_tools(self.spec.mcp_servers))
+        known = self.registry()
+        used = [(f"agents[{i}].tools[{j}]", t) for i, a in enumerate(self.spec.agents)
+                for j, t in enumerate(a.tools)]
+        used += [(f"pools[{i}].tools[{j}]", t) for i, p in enumerate(self.spec.pools)
+                 for j, t in enumerate(p.tools)]
+        errors = [{"path": path, "message": f"unknown tool {name!r}"
+                   + (f" (did you mean {known.suggest(name)[0]!r}?)" if known.suggest(name)
+                      else " (not offered by the job's MCP servers either)")}
+                  for path, name in used if name not in known]
+        if errors:
+            raise JobSpecError(errors, f"job {self.spec.name!r}")
+
+    def registry(self) -> ToolRegistry:
+        registry = builtin_registry()
+        for tool in self.external_tools:
+            registry.register(tool, replace=True)
+        return registry
 
     # -- actors --------------------------------------------------------------------------------
 
@@ -146,7 +173,7 @@ class Assembly:
 
     def tools_for(self, agents: list[AgentSpec]) -> list[Tool]:
         wanted = {t for a in agents for t in a.tools}
-        registry = builtin_registry()
+        registry = self.registry()
         return [registry.get(name) for name in sorted(wanted) if name in registry]
 
     def pool_routes(self) -> dict[str, str]:
@@ -157,7 +184,7 @@ class Assembly:
         return next(pool for pool in self.spec.pools if pool.name == name)
 
     def start_pools(self) -> None:
-        registry = builtin_registry()
+        registry = self.registry()
         for pool in self.spec.pools:
             options: dict[str, Any] = {
                 "max_queue": pool.max_queue, "idle_timeout_s": pool.idle_timeout_s,
@@ -188,6 +215,11 @@ class Assembly:
             for agent in agents:
                 self.handles[agent.name] = AgentHandle(self.runtime, where[agent.name],
                                                        agent.name, agent.description)
+        if self.spec.remote_agents:
+            from llmspell.protocols.a2a_client import A2AAgent
+
+            for config in self.spec.remote_agents:
+                self.handles[config.name] = A2AAgent(config)
 
     def host_setup(self, agents: list[AgentSpec], where: dict[str, str]) -> HostSetup:
         here = {a.name for a in agents}
@@ -228,7 +260,6 @@ class Assembly:
     def env(self, ctx: ToolContext) -> AgentEnv:
         """Where the agents that run in the driver (a delegation's manager) find their world."""
         from llmspell.actors.pool import PoolExecutor
-        from llmspell.tools.registry import ToolRegistry
 
         assert ctx.hooks is not None
         executor = RoutedExecutor({tool: PoolExecutor(address, self.runtime.node)
@@ -250,7 +281,7 @@ class Assembly:
         if s.agent is not None:
             target: Any = self.handles[s.agent]
         elif s.tool is not None:
-            target = builtin_registry().get(s.tool)
+            target = self.registry().get(s.tool)
         else:
             assert s.pattern is not None
             target = self.pattern(s.pattern, env)
@@ -267,7 +298,7 @@ class Assembly:
     def _steps(self, steps: list[p.StepSpec], env: AgentEnv) -> list[Any]:
         return [self.step(s, env) for s in steps]
 
-    def _agents(self, names: list[str]) -> list[AgentHandle]:
+    def _agents(self, names: list[str]) -> list[Any]:
         return [self.handles[n] for n in names]
 
     def _sequential(self, s: p.SequentialSpec, name: str, env: AgentEnv) -> Sequential:

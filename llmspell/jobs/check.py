@@ -90,11 +90,14 @@ class _References:
         agents = data.get("agents")
         self.agent_list = agents if isinstance(agents, list) else []
         self.agents = [a.get("name") for a in self.agent_list if isinstance(a, dict)]
+        self.remote = [r.get("name") for r in _dicts(data.get("remote_agents"))]
+        self.mcp_prefixes = [_prefix(m) for m in _dicts(data.get("mcp_servers"))]
         models = data.get("models") if isinstance(data.get("models"), dict) else {}
         providers = models.get("providers") if isinstance(models, dict) else None
         self.providers = set(ProviderRegistry().names()) | set(
             providers if isinstance(providers, dict) else {})
         self._agents()
+        self._remote_agents()
         self._pools()
         self._hosts()
         self._hooks()
@@ -114,8 +117,10 @@ class _References:
         names = sorted({n for n in known if isinstance(n, str)})
         if not isinstance(name, str):
             return  # a shape error, reported by pydantic
-        if name in names:
+        if name in names or (kind == "agent" and name in self.remote):
             return
+        if kind == "tool" and any(name.startswith(p) for p in self.mcp_prefixes):
+            return  # an MCP server's tool: checked against its list when the job starts
         hint = difflib.get_close_matches(name, names, n=1)
         self.add(path, f"unknown {kind} {name!r}"
                  + (f" (did you mean {hint[0]!r}?)" if hint else f"; known: {', '.join(names)}"
@@ -146,6 +151,11 @@ class _References:
                 model = model.get("model")
             if isinstance(model, str):
                 self._model(f"agents[{i}].model", model)
+
+    def _remote_agents(self) -> None:
+        for i, name in enumerate(self.remote):
+            if isinstance(name, str) and name in self.agents:
+                self.add(f"remote_agents[{i}].name", f"{name!r} is also an agent of the job")
 
     def _model(self, path: str, model: str) -> None:
         provider, sep, name = model.partition(":")
@@ -229,6 +239,16 @@ class _References:
             self._pattern(f"{path}.pattern", step["pattern"])
         if isinstance(step.get("input"), str):
             self._template(f"{path}.input", step["input"])
+
+
+def _dicts(value: Any) -> list[dict[str, Any]]:
+    return [v for v in value if isinstance(v, dict)] if isinstance(value, list) else []
+
+
+def _prefix(server: dict[str, Any]) -> str:
+    """The prefix of an MCP server's tool names ("" for bare names: any name may be one)."""
+    prefix = server.get("prefix")
+    return f"{server.get('name')}__" if prefix is None else str(prefix)
 
 
 def _agent_fields(path: str, p: dict[str, Any]) -> Iterator[tuple[str, Any]]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import inspect
 import json
 import os
@@ -26,6 +27,7 @@ import jinja2.sandbox
 import structlog
 
 from llmspell.agents.result import RunResult, RunStatus
+from llmspell.runtime.cancel import CancelToken
 from llmspell.runtime.eventlog import EventLog
 from llmspell.runtime.events import Event
 from llmspell.runtime.messages import new_id
@@ -40,7 +42,7 @@ from .build import Assembly
 from .result import JobResult, JobStatus, Replay
 from .spec import JobSpec, JobSpecError
 
-__all__ = ["JOB_KEY", "JobRun", "job_runtime", "load_saved", "resume", "run"]
+__all__ = ["JOB_KEY", "JobRun", "job_runtime", "load_saved", "open_job", "resume", "run"]
 
 JOB_KEY = "job:llmspell.job"  # the spec and inputs of a job, for resume
 _TEMPLATES = jinja2.sandbox.ImmutableSandboxedEnvironment(undefined=jinja2.StrictUndefined)
@@ -94,6 +96,7 @@ class JobRun:
             await self.ctx.state.set(JOB_KEY, {"spec": self.spec.model_dump(mode="json"),
                                                "base_dir": self.spec.base_dir,
                                                "inputs": self.inputs})
+        await self.parts.load_tools()
         self.parts.start_pools()
         self.parts.start_hosts()
         await self.parts.wait_ready()
@@ -142,6 +145,20 @@ class JobRun:
         except asyncio.CancelledError:
             self.ctx.cancel.cancel("the job was interrupted")
             raise
+
+    def steps(self) -> list[Any]:
+        """What the job offers to callers from outside (MCP, A2A): each agent by its name, and
+        the root pattern under its own name."""
+        steps = list(self.parts.handles.values())
+        if self.spec.pattern is not None and self.root is not None:
+            steps.append(self.root)
+        return steps
+
+    def call_context(self, _step: Any = None) -> ToolContext:
+        """The context of one call from outside: the job's state, events and hooks, and a
+        cancel token of its own (cancelling one call leaves the others running)."""
+        assert self.ctx is not None, "start() first"
+        return dataclasses.replace(self.ctx, cancel=CancelToken())
 
     def cancel(self, reason: str = "cancelled") -> None:
         """Ask the job to stop: model and tool calls not yet started are not started."""
@@ -254,6 +271,21 @@ def _file_replay(path: str, job_id: str) -> Replay:
         return await asyncio.to_thread(read)
 
     return replay
+
+
+@contextlib.asynccontextmanager
+async def open_job(spec: JobSpec | str | Path, *, runtime: Runtime, job_id: str | None = None,
+                   inputs: dict[str, Any] | None = None) -> AsyncIterator[JobRun]:
+    """A job's actors started and ready (to serve its agents, or to drive it by hand); all of
+    them stopped when the block ends."""
+    if not isinstance(spec, JobSpec):
+        spec = JobSpec.from_file(spec)
+    job = JobRun(spec, runtime, job_id=job_id, inputs=inputs)
+    try:
+        await job.start(save=False)
+        yield job
+    finally:
+        await asyncio.shield(job.close())
 
 
 async def load_saved(runtime: Runtime, job_id: str) -> tuple[JobSpec, dict[str, Any]]:

@@ -20,6 +20,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from llmspell.agents.spec import AgentSpec
 from llmspell.agents.templates import TEMPLATES
 from llmspell.llm.registry import ProviderSettings
+from llmspell.protocols.a2a_config import RemoteAgentConfig
+from llmspell.protocols.mcp_config import MCPServerConfig
 from llmspell.runtime.errors import LlmspellError
 from llmspell.runtime.validation import validation_lines
 from llmspell.supervisors.supervisor import Strategy
@@ -195,6 +197,8 @@ class JobSpec(_Strict):
     budgets: BudgetSpec = Field(default_factory=BudgetSpec)
     outputs: OutputSpec = Field(default_factory=OutputSpec)
     sandbox: Sandbox = Field(default_factory=Sandbox)
+    mcp_servers: list[MCPServerConfig] = Field(default_factory=list)  # their tools join the job
+    remote_agents: list[RemoteAgentConfig] = Field(default_factory=list)  # A2A agents, by name
     base_dir: str | None = Field(default=None, exclude=True)  # the spec file's folder
 
     @field_validator("agents", mode="before")

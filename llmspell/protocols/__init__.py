@@ -5,7 +5,8 @@
     mcp_tools    MCPTool and load_mcp_tools: a server's tools as llmspell tools
     mcp_server   build_mcp_server: our tools and agents for any MCP client (stdio, HTTP)
     a2a_server   a2a_app: our agents and workflows as A2A agents, each with its card
-    a2a_client   A2AAgent and RemoteAgentConfig: a remote A2A agent as a Step or a tool
+    a2a_config   RemoteAgentConfig: a remote agent as a job spec declares it (`remote_agents:`)
+    a2a_client   A2AAgent: a remote A2A agent as a Step or a tool
     auth, http   the bearer token and loopback rules; an embeddable uvicorn server
     errors       MCPServerError, MCPConnectionLost, A2AError
 
@@ -19,7 +20,8 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from llmspell.protocols.a2a_client import A2AAgent, RemoteAgentConfig
+    from llmspell.protocols.a2a_client import A2AAgent
+    from llmspell.protocols.a2a_config import RemoteAgentConfig
     from llmspell.protocols.a2a_server import a2a_app, agent_card
     from llmspell.protocols.errors import A2AError, MCPConnectionLost, MCPServerError
     from llmspell.protocols.http import HTTPServer
@@ -39,7 +41,7 @@ __all__ = [
 ]
 
 _HOME = {
-    "A2AAgent": "a2a_client", "RemoteAgentConfig": "a2a_client", "a2a_app": "a2a_server",
+    "A2AAgent": "a2a_client", "RemoteAgentConfig": "a2a_config", "a2a_app": "a2a_server",
     "agent_card": "a2a_server", "A2AError": "errors", "MCPConnectionLost": "errors",
     "MCPServerError": "errors", "HTTPServer": "http", "MCPServerConfig": "mcp_config",
     "build_mcp_server": "mcp_server", "mcp_http_app": "mcp_server",

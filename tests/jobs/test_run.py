@@ -117,3 +117,43 @@ async def test_bad_inputs_fail_before_anything_starts(
     with pytest.raises(Exception, match=r"inputs\.topic: required"):
         await run(spec, {}, runtime=runtime, job_id=job_id)
     assert await runtime.replay(job_id) == []
+
+
+MCP_SCENARIO = {"rules": [
+    {"match": {"model": "^clock$", "after_tool_result": False},
+     "reply": {"tool_calls": [{"name": "time__get_current_time",
+                               "arguments": {"timezone": "UTC"}}]}},
+    {"match": {"model": "^clock$", "after_tool_result": True}, "reply": "it is now"},
+]}
+
+
+def mcp_job(server: LocalLLMServer, tool: str) -> dict[str, Any]:
+    import sys
+
+    return {"name": "mcp-job",
+            "models": {"providers": {"openai-chat": {"base_url": server.openai_base_url}}},
+            "mcp_servers": [{"name": "time", "command": sys.executable,
+                             "args": ["-m", "mcp_server_time", "--local-timezone", "UTC"]}],
+            "agents": [{"name": "clock", "model": "openai-chat:clock", "stream": False,
+                        "tools": [tool]}],
+            "pools": [{"name": "mcp", "tools": [tool]}]}
+
+
+async def test_an_mcp_servers_tools_join_the_job_and_run_in_its_pool(
+        runtime: Runtime, job_id: str) -> None:
+    with LocalLLMServer(MCP_SCENARIO) as server:
+        spec = JobSpec.from_data(mcp_job(server, "time__get_current_time"))
+        result = await run(spec, {"input": "what time is it?"}, runtime=runtime, job_id=job_id)
+        assert result.ok, result.reason
+        events = await result.events()
+        results = [e.payload for e in events if e.topic == "agent.tool.result"]
+        assert results and not results[0]["is_error"] and "datetime" in results[0]["content"]
+        ran = [e.sender for e in events if e.topic == "actor.message.handled"
+               and e.payload["type"] == "pool.run"]
+        assert ran and all(s.startswith(f"{job_id}/mcp/replica-") for s in ran)
+
+        wrong = JobSpec.from_data(mcp_job(server, "time__get_current_tim"))  # a typo
+        with pytest.raises(Exception) as info:
+            await run(wrong, {"input": "x"}, runtime=runtime, job_id=f"{job_id}-b")
+        assert "agents[0].tools[0]: unknown tool 'time__get_current_tim' (did you mean " \
+               "'time__get_current_time'?)" in str(info.value)
