@@ -3,9 +3,13 @@
 A workflow run records its completed steps in job state, in batches::
 
     job:__checkpoint__:<branch>[@<position>]::<batch id>
-        {"schema": 1, "workflow": ..., "kind": ...,
+        {"schema": 2, "workflow": ..., "kind": ...,
          "steps": [{"step": ..., "input_sha": ..., "agent": ..., "output": ..., "text": ...,
-                    "turns": ..., "at": <unix time>}, ...]}
+                    "turns": ..., "usage": {...}, "cost_usd": ..., "at": <unix time>}, ...]}
+
+Schema 2 added each step's usage and cost, so a resumed workflow's result still counts what
+its restored steps cost (under schema 1 they counted as free). Batches of schema 1, written
+before the upgrade, are still read: their steps restore with no usage recorded.
 
 `<branch>` is the workflow's call chain (`ctx.branch`); `<position>` is the chain of step ids of
 the enclosing workflows (`2.review|i3`: in the third iteration of the loop that is step 2), so
@@ -27,7 +31,8 @@ ignores the records; its own records supersede them. `clear(state)` removes a jo
 The position and the resume flag travel in context variables, because a step (an agent, a
 tool, a pattern) only receives `(input, ctx)`: they follow every nested call made in this
 process, tasks included. Records carry a schema version; a reader per version upgrades old
-ones, and a batch of an unknown (newer) version is ignored, so its steps run again.
+ones, and a batch of an unknown (newer) version is ignored, so its steps run again (with a
+`workflow.checkpoint.unreadable` event naming the versions this code reads).
 """
 
 from __future__ import annotations
@@ -38,17 +43,18 @@ import hashlib
 import time
 from collections.abc import Callable, Iterator
 from contextvars import ContextVar
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from llmspell.agents.result import RunResult, RunStatus
+from llmspell.llm.types import Usage
 from llmspell.runtime.messages import new_id
 from llmspell.tools.context import StateAccess
 
 __all__ = ["KEY_PREFIX", "SCHEMA_VERSION", "Checkpoint", "Position", "StoredStep", "clear",
            "current_position", "input_sha", "parse_record", "resuming", "step_position"]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 KEY_PREFIX = "job:__checkpoint__:"
 RESTORED = "restored from checkpoint"
 
@@ -113,10 +119,13 @@ class StoredStep:
     text: str
     turns: int
     at: float = 0.0
+    usage: Usage | None = None  # None: recorded by schema 1, which did not keep it
+    cost_usd: float = 0.0
 
     def result(self) -> RunResult:
         return RunResult(status=RunStatus.completed, agent=self.agent, output=self.output,
-                         text=self.text, turns=self.turns, reason=RESTORED)
+                         text=self.text, turns=self.turns, reason=RESTORED,
+                         usage=self.usage or Usage(), cost_usd=self.cost_usd)
 
 
 def _read_v1(batch: dict[str, Any]) -> list[StoredStep]:
@@ -127,9 +136,16 @@ def _read_v1(batch: dict[str, Any]) -> list[StoredStep]:
             for r in batch["steps"]]
 
 
+def _read_v2(batch: dict[str, Any]) -> list[StoredStep]:
+    """Schema 1 plus each step's usage and cost."""
+    return [replace(stored, usage=Usage.model_validate(r["usage"]),
+                    cost_usd=float(r["cost_usd"]))
+            for stored, r in zip(_read_v1(batch), batch["steps"], strict=True)]
+
+
 # A reader per schema version: a new format adds a reader here and keeps the old ones, so
 # records written before an upgrade are still read by the new code.
-_READERS: dict[int, Callable[[dict[str, Any]], list[StoredStep]]] = {1: _read_v1}
+_READERS: dict[int, Callable[[dict[str, Any]], list[StoredStep]]] = {1: _read_v1, 2: _read_v2}
 
 
 def parse_record(value: Any) -> list[StoredStep] | None:
@@ -141,7 +157,7 @@ def parse_record(value: Any) -> list[StoredStep] | None:
         return None
     try:
         return reader(value)
-    except (KeyError, TypeError, ValueError):
+    except (KeyError, TypeError, ValueError):  # pydantic's ValidationError is a ValueError
         return None
 
 
@@ -230,7 +246,9 @@ class Checkpoint:
             return
         self._buffer.append({"step": step_id, "input_sha": input_sha(input),
                              "agent": result.agent, "output": storable(result.output),
-                             "text": result.text, "turns": result.turns, "at": time.time()})
+                             "text": result.text, "turns": result.turns,
+                             "usage": result.usage.model_dump(mode="json"),
+                             "cost_usd": result.cost_usd, "at": time.time()})
         if self._writer is None or self._writer.done():
             self._writer = asyncio.get_running_loop().create_task(self._write_all())
 

@@ -14,7 +14,13 @@ import pytest
 from llmspell.agents import RunResult, RunStatus, SpecError
 from llmspell.runtime.hooks import Cancel, HookContext, HookPoint, HookRegistry, Replace
 from llmspell.supervisors.base import Bind
-from llmspell.supervisors.checkpoint import KEY_PREFIX, clear, parse_record
+from llmspell.supervisors.checkpoint import (
+    KEY_PREFIX,
+    SCHEMA_VERSION,
+    clear,
+    input_sha,
+    parse_record,
+)
 from llmspell.supervisors.workflows import (
     Conditional,
     Escalate,
@@ -527,7 +533,7 @@ async def test_a_resumed_sequential_does_not_redo_completed_steps(tmp_path: Path
         skipped = [p["step"] for t, p in w.events if t == "workflow.step.skipped"]
         assert skipped == ["a", "b"]
         batches = await state.list(KEY_PREFIX)
-        assert all(k.startswith(f"{KEY_PREFIX}seq::") and v.value["schema"] == 1
+        assert all(k.startswith(f"{KEY_PREFIX}seq::") and v.value["schema"] == SCHEMA_VERSION
                    for k, v in batches.items())
         recorded = [r.step for v in batches.values() for r in parse_record(v.value) or []]
         assert sorted(recorded) == ["0.a", "1.b", "2.c", "3.d"]  # each once
@@ -582,6 +588,49 @@ async def test_checkpoints_of_an_unknown_schema_are_ignored(tmp_path: Path) -> N
         assert "workflow.checkpoint.unreadable" in w.topics()
         other_input = await seq.run("y", ctx=ctx_for(w, state=state), resume=True)
         assert other_input.output == "y>a" and flaky.calls.calls == {"a": 3}
+
+
+async def test_a_checkpoint_of_schema_1_is_read_by_the_current_reader(tmp_path: Path) -> None:
+    """A batch exactly as the schema-1 writer stored it (before usage and cost were kept)
+    still spares its steps on resume; they restore with no usage recorded."""
+    assert SCHEMA_VERSION == 2
+    flaky = Flaky()
+    seq = Sequential("seq", [flaky.step("a"), flaky.step("b")])
+    v1_batch = {"schema": 1, "workflow": "seq", "kind": "sequential", "steps": [
+        {"step": "0.a", "input_sha": input_sha("x"), "agent": "a", "output": "x>a",
+         "text": "x>a", "turns": 1, "at": 1_700_000_000.0}]}
+    async with sqlite_state(tmp_path) as state:
+        await state.set(f"{KEY_PREFIX}seq::0001", v1_batch)
+        w = World()
+        result = await seq.run("x", ctx=ctx_for(w, state=state), resume=True)
+        assert result.ok and result.output == "x>a>b"
+        assert flaky.calls.calls == {"b": 1}  # the step recorded by schema 1 did not run
+        restored = result.children[0]
+        assert restored.reason == "restored from checkpoint" and restored.output == "x>a"
+        assert restored.usage.total_tokens == 0 and restored.cost_usd == 0
+        assert "workflow.checkpoint.unreadable" not in w.topics()
+        new = [v.value for k, v in (await state.list(KEY_PREFIX)).items() if not k.endswith(
+            "::0001")]
+        assert [b["schema"] for b in new] == [SCHEMA_VERSION]  # written in the new format
+
+
+async def test_a_resumed_workflow_counts_what_its_restored_steps_cost(tmp_path: Path) -> None:
+    """Schema 2 keeps each step's usage: a resumed run reports the tokens of the whole
+    answer, the restored steps' included, not only those of the steps it ran again."""
+    flaky = Flaky()
+    w = World()
+    seq = Sequential("seq", [w.agent(name="writer"), flaky.step("b", fail_once=True)])
+    async with sqlite_state(tmp_path) as state:
+        first = await seq.run("x", ctx=ctx_for(w, state=state))
+        assert first.status == RunStatus.failed
+        spent = first.children[0].usage
+        assert spent.total_tokens > 0
+        second = await seq.run("x", ctx=ctx_for(w, state=state), resume=True)
+        assert second.ok and second.children[0].reason == "restored from checkpoint"
+        assert second.children[0].usage == spent and second.usage == spent
+        stored = [r for v in (await state.list(KEY_PREFIX)).values()
+                  for r in parse_record(v.value) or []]
+        assert [r.usage for r in stored if r.agent == "writer"] == [spent]
 
 
 async def test_a_fan_out_records_in_batches_and_a_resume_reuses_them(tmp_path: Path) -> None:
