@@ -29,11 +29,14 @@ def _register() -> None:
     from llmspell.cli.llm_server import llm_server
     from llmspell.cli.run import demo, run, validate
     from llmspell.cli.serve import serve_app
+    from llmspell.cli.spell import exec_command
     from llmspell.cli.tools import tools_app
 
     app.command("run")(run)
     app.command("demo")(demo)
     app.command("validate")(validate)
+    app.command("exec", help="Run a line of Lua (a one-line spell) on an embedded local Ray.")(
+        exec_command)
     app.command("submit")(submit)
     app.add_typer(jobs_app, name="jobs")
     app.command("llm-server", help="Run the local OpenAI/Anthropic-compatible LLM server.")(

@@ -58,7 +58,13 @@ class JobView:
 
     def apply(self, event: Event) -> None:
         topic, p = event.topic, event.payload if isinstance(event.payload, dict) else {}
-        agent = self.agents.get(str(p.get("agent", "")))
+        name = str(p.get("agent", ""))
+        agent = self.agents.get(name)
+        if agent is None and name and topic.startswith("agent.") and event.sender:
+            # an agent the view was not told about (a spell's): placed under its host
+            host = str(event.sender).rsplit("/", 1)[-1]
+            self.add_host(host, [*self.hosts.get(host, []), name])
+            agent = self.agents[name]
         if topic == "agent.llm.response":
             usage = p.get("usage") or {}
             tokens = int(usage.get("input_tokens", 0)) + int(usage.get("output_tokens", 0))

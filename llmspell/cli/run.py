@@ -27,7 +27,9 @@ from llmspell.agents.result import RunResult
 from llmspell.jobs import ExitCode, JobResult, JobRun, JobSpec, JobSpecError, JobStatus
 from llmspell.jobs.build import plan_hosts
 from llmspell.jobs.runner import job_runtime, load_saved, new_job_id
+from llmspell.llm.registry import ProviderSettings
 from llmspell.runtime.errors import LlmspellError
+from llmspell.runtime.messages import new_id
 from llmspell.runtime.runtime import Runtime
 from llmspell.runtime.settings import RuntimeSettings
 
@@ -35,6 +37,7 @@ from .progress import JobView, follow
 
 __all__ = ["demo", "execute", "parse_inputs", "run", "validate"]
 
+_ERR = Console(stderr=True)  # problems go to stderr, whatever --json does with stdout
 GRACE_S = 15.0  # after Ctrl-C, how long the job may take to wind down before it is cut
 
 
@@ -69,8 +72,9 @@ class _Interrupt:
     """Ctrl-C (or SIGTERM from `jobs cancel`): the first asks the job to stop cleanly; the job
     is cut after a grace period or at a second signal."""
 
-    def __init__(self, job: JobRun, task: asyncio.Task[Any], console: Console) -> None:
-        self.job, self.task, self.console = job, task, console
+    def __init__(self, cancel: Callable[[str], None], task: asyncio.Task[Any],
+                 console: Console) -> None:
+        self.cancel, self.task, self.console = cancel, task, console
         self.count = 0
 
     def __call__(self, signum: int) -> None:
@@ -78,7 +82,7 @@ class _Interrupt:
         name = signal.Signals(signum).name
         if self.count == 1:
             self.console.print(f"[yellow]{name}: cancelling the job (again to stop at once)")
-            self.job.cancel(f"interrupted by {name}")
+            self.cancel(f"interrupted by {name}")
             asyncio.get_running_loop().call_later(GRACE_S, self.task.cancel)
         else:
             self.task.cancel()
@@ -107,7 +111,7 @@ async def execute(spec: JobSpec, inputs: dict[str, Any], runtime: Runtime, *, jo
                                          events_out=sys.stdout if events else None))
     task = asyncio.current_task()
     assert task is not None
-    interrupt = _Interrupt(job, task, console)
+    interrupt = _Interrupt(job.cancel, task, console)
     interrupt.install()
     try:
         await job.start(save=not resume)
@@ -126,6 +130,38 @@ async def execute(spec: JobSpec, inputs: dict[str, Any], runtime: Runtime, *, jo
         with contextlib.suppress(asyncio.CancelledError):
             await watcher
     return result, view
+
+
+async def _run_spell(path: Path, inputs: dict[str, Any], *, address: str | None, job_id: str,
+                     local_url: str | None, console: Console, live: bool, events: bool
+                     ) -> tuple[JobResult, JobView]:
+    """A Lua spell, with the same progress view, Ctrl-C handling and report as a job."""
+    from llmspell.cli.spell import run_lua
+    from llmspell.spells.context import SpellOptions
+
+    providers: dict[str, ProviderSettings | dict[str, Any]] | None = (
+        {"local": ProviderSettings(base_url=local_url)} if local_url else None)
+    async with Runtime(cluster_address(address), job_id=job_id) as rt:
+        view = JobView(job_id)
+        watcher = asyncio.create_task(follow(rt, view, live=live, console=console,
+                                             events_out=sys.stdout if events else None))
+        task = asyncio.create_task(run_lua(path, inputs=inputs, runtime=rt, job_id=job_id,
+                                           options=SpellOptions(providers=providers)))
+        interrupt = _Interrupt(lambda reason: _cancel(task), task, console)
+        interrupt.install()
+        try:
+            result = await task  # a cancelled spell stops its actors and reports cancelled
+        finally:
+            interrupt.remove()
+            await asyncio.sleep(0.3)
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
+        return result, view
+
+
+def _cancel(task: asyncio.Task[Any]) -> None:
+    task.cancel()
 
 
 def report(result: JobResult, view: JobView | None, *, as_json: bool, console: Console) -> None:
@@ -169,7 +205,7 @@ def spec_or_exit(path: Path, console: Console) -> JobSpec:
     try:
         return JobSpec.from_file(path)
     except JobSpecError as exc:
-        console.print(f"[red]{exc}")
+        _ERR.print(f"[red]{exc}")
         raise typer.Exit(ExitCode.bad_spec) from None
 
 
@@ -186,40 +222,81 @@ def _console(as_json: bool) -> Console:
 
 
 def run(
-    path: Path = typer.Argument(..., help="The job spec (YAML or JSON)."),  # noqa: B008
+    path: Path = typer.Argument(..., help="The job spec (YAML or JSON) or a Lua spell."),  # noqa: B008
     input: list[str] = typer.Option([], "--input", "-i", help="An input: key=value or key=@file."),  # noqa: B008
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
     address: str | None = typer.Option(None, "--address", help="Join this Ray cluster "
                                        "instead of starting an embedded one."),
     job_id: str | None = typer.Option(None, "--job-id", help="The job's id (default: new)."),
     events: bool = typer.Option(False, "--events", help="Print every event as a JSON line."),
+    scenario: Path | None = typer.Option(  # noqa: B008
+        None, "--scenario", help="Answer the job's `local:` models from this scenario, with "
+        "a local LLM server started for the run (offline, no key)."),
+    model: str | None = typer.Option(None, "--model", help="Run every agent on this model."),
 ) -> None:
-    """Run a job on an embedded local Ray with live progress."""
+    """Run a job (or a Lua spell) on an embedded local Ray with live progress."""
     console = _console(as_json)
+    if path.suffix == ".lua":
+        _spell(path, input, as_json=as_json, address=address, job_id=job_id, events=events,
+               scenario=scenario, console=console)
+        return
     spec = spec_or_exit(path, console)
+    if model is not None:
+        spec = spec.using_model(model)
     try:
         inputs = spec.resolve_inputs(parse_inputs(input))
     except JobSpecError as exc:
-        console.print(f"[red]{exc}")
+        _ERR.print(f"[red]{exc}")
         raise typer.Exit(ExitCode.bad_spec) from None
     live = not as_json and not events and console.is_terminal
-    finish(lambda: _run_spec(spec, inputs, address=address, job_id=job_id or new_job_id(spec),
-                             resume=False, console=console, live=live, events=events),
-           as_json=as_json, console=console)
+    with contextlib.ExitStack() as stack:
+        if scenario is not None:
+            from llmspell.llm.server import LocalLLMServer
+
+            server = stack.enter_context(LocalLLMServer(scenario))
+            spec = spec.using_local_llm(server.openai_base_url)
+        job = job_id or new_job_id(spec)
+        finish(lambda: _run_spec(spec, inputs, address=address, job_id=job, resume=False,
+                                 console=console, live=live, events=events),
+               as_json=as_json, console=console)
+
+
+def _spell(path: Path, items: list[str], *, as_json: bool, address: str | None,
+           job_id: str | None, events: bool, scenario: Path | None, console: Console) -> None:
+    from llmspell.spells.errors import SpellSyntaxError
+
+    try:
+        inputs = parse_inputs(items)
+    except JobSpecError as exc:
+        _ERR.print(f"[red]{exc}")
+        raise typer.Exit(ExitCode.bad_spec) from None
+    live = not as_json and not events and console.is_terminal
+    job = job_id or f"{path.stem}-{new_id()[-10:].lower()}"
+    with contextlib.ExitStack() as stack:
+        url = None
+        if scenario is not None:
+            from llmspell.llm.server import LocalLLMServer
+
+            url = stack.enter_context(LocalLLMServer(scenario)).openai_base_url
+        finish(lambda: _run_spell(path, inputs, address=address, job_id=job, local_url=url,
+                                  console=console, live=live, events=events),
+               as_json=as_json, console=console, bad_spec=(SpellSyntaxError, OSError))
 
 
 def finish(job: Callable[[], Coroutine[Any, Any, tuple[JobResult, JobView]]], *,
-           as_json: bool, console: Console) -> None:
+           as_json: bool, console: Console,
+           bad_spec: tuple[type[Exception], ...] = ()) -> None:
     """Run `job` to its end, report, and exit with the job's code. Problems found once the job
     is starting (an MCP server's missing tool, a cluster that cannot be reached) end it with
     a clear message: exit 2 for the spec's, 1 for the rest."""
+    spec_errors: tuple[type[BaseException], ...] = (JobSpecError, LookupError, *bad_spec)
     try:
         result, view = asyncio.run(job())
-    except (JobSpecError, LookupError) as exc:
-        console.print(f"[red]{exc}")
+    except spec_errors as exc:
+        _ERR.print(f"[red]{exc}")
         raise typer.Exit(ExitCode.bad_spec) from None
     except LlmspellError as exc:
-        console.print(f"[red]{type(exc).__name__}: {exc}")
+        _ERR.print(f"[red]{type(exc).__name__}: {exc}")
         raise typer.Exit(ExitCode.failed) from None
     report(result, view, as_json=as_json, console=console)
     raise typer.Exit(result.exit_code)
@@ -284,7 +361,7 @@ def resume_local(job_id: str, state: str | None, as_json: bool) -> None:
     console = _console(as_json)
     path = state or os.path.expanduser(f"~/.llmspell/{RuntimeSettings().namespace}/state.db")
     if cluster_address(None) is None and not Path(path).exists():
-        console.print(f"[red]job {job_id}: no state file at {path} (give --state)")
+        _ERR.print(f"[red]job {job_id}: no state file at {path} (give --state)")
         raise typer.Exit(ExitCode.bad_spec)
     finish(lambda: _resume_local(job_id, path, console=console,
                                  live=not as_json and console.is_terminal),

@@ -10,8 +10,6 @@ from __future__ import annotations
 from importlib import resources
 from pathlib import Path
 
-import yaml
-
 from .spec import JobSpec
 
 __all__ = ["demo_scenario", "demo_spec"]
@@ -28,11 +26,7 @@ def demo_scenario() -> Path:
 def demo_spec(*, model: str | None = None, local_url: str | None = None) -> JobSpec:
     """The demo job: against the local server at `local_url`, or with every agent on
     `model`."""
-    data = yaml.safe_load(_data("demo.yaml").read_text(encoding="utf-8"))
+    spec = JobSpec.from_file(_data("demo.yaml"))
     if local_url is not None:
-        data["models"]["providers"]["local"] = {"base_url": local_url}
-    if model is not None:
-        data["models"]["default"] = model
-        for agent in data["agents"]:
-            agent["model"] = model
-    return JobSpec.from_data(data, source="the demo job")
+        spec = spec.using_local_llm(local_url)
+    return spec.using_model(model) if model is not None else spec

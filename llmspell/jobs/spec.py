@@ -265,6 +265,21 @@ class JobSpec(_Strict):
         return str(yaml.safe_dump(self.model_dump(mode="json", exclude_defaults=True),
                                   sort_keys=False))
 
+    def using_model(self, model: str) -> JobSpec:
+        """The same job with every agent on `model` (e.g. a real one instead of a scenario)."""
+        data = self.model_dump(mode="json")
+        data["models"]["default"] = model
+        for agent in data["agents"]:
+            agent["model"] = model
+        return JobSpec.from_data(data, source=f"job {self.name!r} on {model}",
+                                 base_dir=self.base_dir)
+
+    def using_local_llm(self, base_url: str) -> JobSpec:
+        """The same job with its `local` provider pointed at a local LLM server."""
+        providers = {**self.models.providers, "local": ProviderSpec(base_url=base_url)}
+        models = self.models.model_copy(update={"providers": providers})
+        return self.model_copy(update={"models": models})
+
     # -- reading ------------------------------------------------------------------------------
 
     def agent(self, name: str) -> AgentSpec:

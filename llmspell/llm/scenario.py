@@ -69,6 +69,9 @@ class Usage(_Strict):
     cache_creation_tokens: int = Field(default=0, ge=0)
 
 
+_PLACEHOLDER = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
 class Reply(_Strict):
     """What the model says: text, tool calls (several = parallel calls), or a JSON value for
     structured output (sent as the text, or as the forced tool's input on Anthropic)."""
@@ -77,6 +80,23 @@ class Reply(_Strict):
     tool_calls: list[ToolCallReply] = Field(default_factory=list)
     json_value: Any = Field(default=None, alias="json")
     usage: Usage | None = None
+
+    def filled(self, groups: dict[str, str]) -> Reply:
+        """The reply with `${name}` in its text and string tool arguments replaced by the
+        named groups of the rule's regex (so a reply can quote a URL or a name it was given)."""
+        if not groups:
+            return self
+
+        def fill(value: Any) -> Any:
+            if isinstance(value, str):
+                return _PLACEHOLDER.sub(lambda m: groups.get(m.group(1), m.group(0)), value)
+            if isinstance(value, dict):
+                return {k: fill(v) for k, v in value.items()}
+            if isinstance(value, list):
+                return [fill(v) for v in value]
+            return value
+
+        return Reply.model_validate(fill(self.model_dump(by_alias=True, exclude_none=True)))
 
     @model_validator(mode="after")
     def _has_content(self) -> Reply:
@@ -263,6 +283,14 @@ class Hit:
     rule: Rule
 
 
+def _filled(rule: Rule, prompt: Prompt) -> Rule:
+    if rule.reply is None or rule.match.regex is None:
+        return rule
+    found = re.search(rule.match.regex, prompt.last_user)
+    groups = {k: v for k, v in (found.groupdict() if found else {}).items() if v is not None}
+    return rule.model_copy(update={"reply": rule.reply.filled(groups)}) if groups else rule
+
+
 class RuleBook:
     """A scenario plus how often each rule has fired. Locked because tests swap the scenario
     from their own thread while the server matches requests in its thread."""
@@ -290,7 +318,7 @@ class RuleBook:
                     continue
                 if rule.match.matches(prompt):
                     self._fired[i] += 1
-                    return Hit(i, rule.name or f"rules[{i}]", rule)
+                    return Hit(i, rule.name or f"rules[{i}]", _filled(rule, prompt))
         return None
 
     def fired(self) -> list[int]:

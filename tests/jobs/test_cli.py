@@ -147,3 +147,25 @@ def test_the_demo_spec_is_a_valid_file_a_user_can_copy() -> None:
 
     spec = JobSpec.from_file(_data("demo.yaml"))
     assert spec.pattern is not None and spec.pattern.kind == "sequential"
+
+
+@pytest.mark.ray
+def test_run_takes_a_lua_spell_with_a_scenario_and_exec_takes_a_line(
+        runtime: Runtime, tmp_path: Path) -> None:
+    examples = Path(__file__).parents[2] / "examples" / "spells"
+    env = cli_env(runtime)
+    spell = llmspell("run", str(examples / "tool_agent.lua"), "--scenario",
+                     str(examples / "scenario.yaml"), "--json", env=env, cwd=tmp_path)
+    out, err = spell.communicate(timeout=180)
+    assert spell.returncode == 0, err
+    result = json.loads(out.strip().splitlines()[-1])
+    assert result["output"] == "6 * 7 = 42 (forty-two)." and result["agents"]["maths"]["runs"] == 1
+    broken = tmp_path / "broken.lua"
+    broken.write_text("local x = \nreturn x\n")
+    bad = llmspell("run", str(broken), env=env, cwd=tmp_path)
+    _, err = bad.communicate(timeout=120)
+    assert bad.returncode == 2 and "broken.lua:2" in err
+    line = llmspell("exec", "return 6 * 7", "--json", env=env, cwd=tmp_path)
+    out, err = line.communicate(timeout=120)
+    assert line.returncode == 0, err
+    assert json.loads(out.strip().splitlines()[-1])["output"] == 42

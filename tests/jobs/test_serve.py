@@ -4,6 +4,7 @@ that starts the job's actors on the session's Ray and stops them when it ends.""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 import subprocess
@@ -75,7 +76,25 @@ async def test_serve_mcp_offers_a_jobs_agents_and_pattern_to_the_official_client
     deadline = time.monotonic() + 30
     while job_actors():  # ...and are stopped with it
         assert time.monotonic() < deadline, job_actors()
-        time.sleep(0.2)
+        await asyncio.sleep(0.2)
+
+
+def serve_a2a(path: Path, port: int, env: dict[str, str], cwd: Path
+              ) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, "-m", "llmspell", "serve", "a2a", str(path),
+                             "--port", str(port)], env=env, cwd=cwd,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for_card(url: str, proc: subprocess.Popen[str]) -> None:
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            with urllib.request.urlopen(f"{url}/.well-known/agent-card.json", timeout=2):
+                return
+        except OSError:
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr
+            time.sleep(0.3)
 
 
 async def test_serve_a2a_publishes_a_jobs_pattern_for_another_job(
@@ -83,20 +102,10 @@ async def test_serve_a2a_publishes_a_jobs_pattern_for_another_job(
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "llmspell", "serve", "a2a",
-                             str(job_path(tmp_path, server)), "--port", str(port)],
-                            env=env_for(runtime), cwd=tmp_path, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
+    proc = serve_a2a(job_path(tmp_path, server), port, env_for(runtime), tmp_path)
     try:
         url = f"http://127.0.0.1:{port}/write"
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/.well-known/agent-card.json", timeout=2):
-                    break
-            except OSError:
-                assert proc.poll() is None and time.monotonic() < deadline, proc.stderr
-                time.sleep(0.3)
+        await asyncio.to_thread(wait_for_card, url, proc)
         remote = A2AAgent(name="writer", url=url)
         result = await remote.run("a note on Ray")
         assert result.ok and result.output == "the edited text", result.reason

@@ -10,6 +10,7 @@ from llmspell.tools.builtin import (
     data,
     filesystem,
     mathtime,
+    state,
     system,
     text,
     utility,
@@ -21,7 +22,7 @@ __all__ = ["BUILTIN_TOOLS", "builtin_registry"]
 
 BUILTIN_TOOLS: list[Tool] = [
     *filesystem.TOOLS, *web.TOOLS, *data.TOOLS, *text.TOOLS, *mathtime.TOOLS,
-    *utility.TOOLS, *archives.TOOLS, *system.TOOLS,
+    *utility.TOOLS, *archives.TOOLS, *system.TOOLS, *state.TOOLS,
 ]
 
 for _tool in BUILTIN_TOOLS:
