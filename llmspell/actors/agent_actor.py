@@ -14,6 +14,7 @@ from typing import Any
 
 from llmspell.actors.base import ActorBase
 from llmspell.actors.host import HostCore, RemoteAgent
+from llmspell.agents.delegation import DelegationPlan, DelegationResult
 from llmspell.agents.env import AgentEnv
 from llmspell.agents.result import RunResult
 from llmspell.agents.spec import AgentSpec
@@ -151,15 +152,21 @@ class AgentHandle:
 
     async def run(self, input: str, *, inputs: dict[str, Any] | None = None,
                   ctx: ToolContext | None = None, run_id: str | None = None,
-                  timeout: float | None = 600.0) -> RunResult:
+                  timeout: float | None = 600.0,
+                  delegation: DelegationPlan | None = None) -> RunResult:
         """Run the agent on `input`. With `ctx` (a caller's context, e.g. a workflow step) the
-        run joins its call chain, so its events carry the caller's branch."""
+        run joins its call chain, so its events carry the caller's branch. With `delegation`
+        the agent manages that delegation for this run (a DelegationResult comes back)."""
         payload: dict[str, Any] = {"agent": self.name, "input": input, "inputs": inputs,
                                    "run_id": run_id}
         if ctx is not None:
             payload["ctx"] = ctx.for_callee(self.name).to_wire()
             timeout = _sooner(timeout, ctx.remaining())
+        if delegation is not None:
+            payload["delegation"] = delegation.model_dump(mode="json")
         reply = await self.runtime.ask(self.host, "agent.run", payload, timeout=timeout)
+        if delegation is not None:
+            return DelegationResult.model_validate(reply)
         return RunResult.model_validate(reply)
 
     async def resume(self, run_id: str, decisions: dict[str, bool | dict[str, Any]], *,

@@ -18,16 +18,26 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from llmspell.agents.delegation import (
+    DelegationPlan,
+    DelegationResult,
+    Level,
+    SpecialistRef,
+    delegate,
+    tool_name,
+)
 from llmspell.agents.env import AgentEnv
 from llmspell.agents.loop import AgentRunner, Decision
-from llmspell.agents.result import PendingApproval, RunResult
+from llmspell.agents.result import PendingApproval, RunResult, RunStatus
 from llmspell.agents.spec import AgentSpec
 from llmspell.llm.types import Message
 from llmspell.runtime.cancel import CancelToken
-from llmspell.runtime.errors import LlmspellError, MailboxClosed
+from llmspell.runtime.errors import Cancelled, HookCancelled, LlmspellError, MailboxClosed
+from llmspell.runtime.hooks import HookPoint
 from llmspell.runtime.mailbox import Mailbox
 from llmspell.runtime.messages import Envelope, Kind
 from llmspell.tools.agent_tool import AgentTool
+from llmspell.tools.base import render_result
 from llmspell.tools.context import ToolContext
 
 __all__ = ["APPROVAL_KEY", "AgentSlot", "HostCore", "LocalAgent", "UnknownAgent"]
@@ -213,15 +223,32 @@ class HostCore:
                               state=env.state, emit=env.emit, cancel=token, hooks=env.hooks,
                               max_depth=env.max_depth)
         run_id = str(p.get("run_id") or f"{slot.name}-{next(self._ids)}-{id(token):x}")
+        level: Level | None = None
+        tools: list[Any] | None = None
+        if p.get("delegation"):  # a manager: its delegate_to_ tools for this run
+            plan = DelegationPlan.model_validate(p["delegation"])
+            level = Level(plan.name, plan.max_depth, plan.budget, depth=len(plan.outer) + 1)
+            tools = [HostDelegateTool(self, plan, level, ref) for ref in plan.specialists]
         slot.runs[run_id] = token
         try:
             result = await slot.runner.run(str(p.get("input", "")), inputs=p.get("inputs"),
-                                           ctx=ctx, run_id=run_id)
+                                           ctx=ctx, run_id=run_id, tools=tools)
         finally:
             slot.runs.pop(run_id, None)
         if result.pending is not None:
             await self._store_pending(result.pending)
+        if level is not None:
+            return DelegationResult(**{**dict(result), "children": level.results},
+                                    delegations=level.records, breaches=level.breaches)
         return result
+
+    def specialist(self, ref: SpecialistRef) -> LocalAgent | RemoteAgent:
+        """Where a delegation's specialist runs: an agent of this host, or one on another."""
+        if ref.host in (None, self.address) and ref.agent in self.slots:
+            return LocalAgent(self, ref.agent)
+        if ref.host is None or self.remote is None:
+            raise UnknownAgent(self.address, ref.agent, sorted(self.slots))
+        return RemoteAgent(self.remote, ref.host, ref.agent, ref.description)
 
     async def _resume(self, slot: AgentSlot, p: dict[str, Any]) -> RunResult:
         run_id = str(p.get("run_id", ""))
@@ -303,11 +330,14 @@ class LocalAgent:
         slot = self.core.slots.get(self.name)
         return slot.runner.spec.description if slot else ""
 
-    async def run(self, input: str, *, ctx: ToolContext | None = None) -> RunResult:
+    async def run(self, input: str, *, ctx: ToolContext | None = None,
+                  delegation: DelegationPlan | None = None) -> RunResult:
         sender = ctx.chain[-2] if ctx is not None and len(ctx.chain) > 1 else "host"
         payload: dict[str, Any] = {"input": input}
         if ctx is not None:
             payload["ctx"] = ctx.to_wire()
+        if delegation is not None:
+            payload["delegation"] = delegation.model_dump(mode="json")
         result: RunResult = await self.core.ask_local(sender, self.name, "agent.run", payload)
         return result
 
@@ -323,9 +353,69 @@ class RemoteAgent:
         self.description = description
         self.timeout = timeout
 
-    async def run(self, input: str, *, ctx: ToolContext | None = None) -> RunResult:
+    async def run(self, input: str, *, ctx: ToolContext | None = None,
+                  delegation: DelegationPlan | None = None) -> RunResult:
         payload: dict[str, Any] = {"agent": self.name, "input": input}
         if ctx is not None:
             payload["ctx"] = ctx.to_wire()
+        if delegation is not None:
+            payload["delegation"] = delegation.model_dump(mode="json")
+            reply = await self.call(self.host, "agent.run", payload, self.timeout)
+            return DelegationResult.model_validate(reply)
         reply = await self.call(self.host, "agent.run", payload, self.timeout)
         return RunResult.model_validate(reply)
+
+
+class HostDelegateTool(AgentTool):
+    """`delegate_to_<specialist>` for a manager agent of this host, for one run: the
+    delegation's limits and records (llmspell.agents.delegation) with the before/after
+    delegation hooks of this host around each call."""
+
+    def __init__(self, core: HostCore, plan: DelegationPlan, level: Level,
+                 ref: SpecialistRef) -> None:
+        target = core.specialist(ref)
+        about = ref.description or target.description
+        super().__init__(target, name=tool_name(ref.name), description=about or (
+            f"Delegate a task to the specialist {ref.name!r}; its answer comes back to you."))
+        self.core = core
+        self.plan = plan
+        self.level = level
+        self.ref = ref
+        self.agent = target
+
+    async def run(self, args: Any, ctx: ToolContext) -> Any:
+        plan, ref = self.plan, self.ref
+        nested = plan.nested(ref, self.level.ref())
+
+        async def call(text: str, child: ToolContext) -> RunResult:
+            payload = {"delegation": plan.name, "manager": child.chain[-2] if len(
+                child.chain) > 1 else "", "specialist": ref.name, "input": text,
+                "depth": self.level.depth, "branch": child.branch}
+
+            async def go(p: dict[str, Any], target: str | None) -> RunResult:
+                agent, plan_for = self.agent, nested
+                other = next((r for r in plan.specialists if r.name == target), None)
+                if other is not None and other is not ref:  # a hook's Redirect
+                    agent = self.core.specialist(other)
+                    plan_for = plan.nested(other, self.level.ref())
+                try:
+                    return await agent.run(str(p.get("input", text)), ctx=child,
+                                           delegation=plan_for)
+                except (Cancelled, HookCancelled):
+                    raise
+                except Exception as exc:  # a specialist's host gone: the manager reads it
+                    return RunResult(status=RunStatus.failed, agent=ref.name,
+                                     reason=f"{type(exc).__name__}: {exc}")
+
+            if child.hooks is None:
+                return await go(payload, None)
+            value = await child.hooks.call(
+                HookPoint.before_delegation, HookPoint.after_delegation, payload, go,
+                target=ref.name, job_id=child.job_id, actor=plan.name)
+            if isinstance(value, RunResult):
+                return value
+            return RunResult(status=RunStatus.completed, agent=ref.name, output=value,
+                             text=value if isinstance(value, str) else render_result(value))
+
+        return await delegate(self.level, plan.outer, self.name, ref.name, str(args.input),
+                              ctx, call)

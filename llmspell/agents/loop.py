@@ -38,9 +38,10 @@ from llmspell.runtime.cancel import CancelToken
 from llmspell.runtime.errors import Cancelled, HookCancelled, LlmspellError
 from llmspell.runtime.hooks import HookContext, HookPoint
 from llmspell.runtime.messages import new_id
-from llmspell.tools.base import render_result
+from llmspell.tools.base import Tool, render_result
 from llmspell.tools.context import ToolContext
 from llmspell.tools.errors import ToolError, ToolNotFound
+from llmspell.tools.registry import ToolRegistry
 
 __all__ = ["HANDOFF_PREFIX", "AgentBusy", "AgentRunner", "Decision"]
 
@@ -70,6 +71,8 @@ class _Run:
     cost_usd: float = 0.0
     added: list[Message] = field(default_factory=list)
     tags: dict[str, Any] = field(default_factory=dict)
+    tools: ToolRegistry | None = None  # with the run's own tools (a delegation's), else None
+    tool_names: list[str] | None = None  # the tools this run may call, if not the spec's
 
 
 class AgentRunner:
@@ -99,9 +102,21 @@ class AgentRunner:
     # -- public entry points ------------------------------------------------------------------
 
     async def run(self, input: str, *, inputs: dict[str, Any] | None = None,
-                  ctx: ToolContext | None = None, run_id: str | None = None) -> RunResult:
+                  ctx: ToolContext | None = None, run_id: str | None = None,
+                  tools: list[Tool] | None = None) -> RunResult:
+        """`tools`: tools for this run only, beside the spec's (a delegation gives a manager
+        in an actor its delegate_to_ tools this way)."""
+        clash = [t.name for t in tools or () if t.name in self.spec.tools]
+        if clash:
+            raise SpecError(f"agent {self.spec.name!r} already has tool(s) named "
+                            f"{', '.join(clash)}; a run cannot add them again")
         self._enter_run()
         run = self._new_run(run_id or new_id(), ctx, inputs or {"input": input})
+        if tools:
+            run.tools = ToolRegistry(self.env.tools)
+            for tool in tools:
+                run.tools.register(tool, replace=True)
+            run.tool_names = [*self.spec.tools, *(t.name for t in tools)]
         self._publish(run, "agent.run.started", {"input": input[:2000]})
 
         async def body(payload: dict[str, Any], _: str | None) -> RunResult:
@@ -259,9 +274,10 @@ class AgentRunner:
         await self._apply_memory(run)
         system = render_instructions(self.spec, run.inputs, await self._state_view())
         messages = [Message.system(system), *self.request_messages()]
-        options: dict[str, Any] = {"tools": self._tool_specs(), "max_tokens": self.spec.max_tokens,
+        options: dict[str, Any] = {"tools": self._tool_specs(run),
+                                   "max_tokens": self.spec.max_tokens,
                                    "temperature": self.spec.temperature}
-        if self.spec.tools or self.spec.handoffs:
+        if run.tool_names or self.spec.tools or self.spec.handoffs:
             options["tool_choice"] = self.spec.tool_choice
         if self.spec.output_schema is not None:
             options["output_schema"] = OutputSchema(name=f"{self.spec.name}_output",
@@ -327,8 +343,9 @@ class AgentRunner:
     # -- tools --------------------------------------------------------------------------------
 
     async def _dispatch(self, run: _Run, calls: list[ToolCall]) -> RunResult | None:
-        need = [c.id for c in calls if c.name in self.env.tools and c.name in self.spec.tools
-                and self.env.tools.get(c.name).requires_approval]
+        registry, names = self._tools(run)
+        need = [c.id for c in calls if c.name in registry and c.name in names
+                and registry.get(c.name).requires_approval]
         now = [c for c in calls if c.id not in need]
         try:
             results = await self._run_tools(run, now)
@@ -388,11 +405,11 @@ class AgentRunner:
         return content, is_error
 
     async def _call_tool(self, run: _Run, call: ToolCall) -> Any:
-        if call.name not in self.spec.tools:
-            raise ToolNotFound(call.name, [n for n in self.spec.tools
-                                           if n in self.env.tools.suggest(call.name)]
-                               or self.spec.tools[:5])
-        tool = self.env.tools.get(call.name)
+        registry, names = self._tools(run)
+        if call.name not in names:
+            raise ToolNotFound(call.name, [n for n in names if n in registry.suggest(call.name)]
+                               or names[:5])
+        tool = registry.get(call.name)
         if call.invalid_arguments is not None:
             arguments: dict[str, Any] | str = call.invalid_arguments
         else:
@@ -400,7 +417,7 @@ class AgentRunner:
         ctx = _call_ctx(run, call)
 
         async def execute(payload: dict[str, Any], target: str | None) -> Any:
-            chosen = self.env.tools.get(target) if target and target != tool.name else tool
+            chosen = registry.get(target) if target and target != tool.name else tool
             return await self.env.executor.execute(chosen, payload["arguments"], ctx)
 
         return await self.env.hooks.call(
@@ -409,8 +426,15 @@ class AgentRunner:
              "agent": self.spec.name, "branch": run.ctx.branch, "idempotent": tool.idempotent},
             execute, target=tool.name, job_id=self.env.job_id, actor=self.spec.name)
 
-    def _tool_specs(self) -> list[ToolSpec]:
-        specs = self.env.tools.specs(self.spec.tools)
+    def _tools(self, run: _Run) -> tuple[ToolRegistry, list[str]]:
+        """The tools a run may call: the spec's, plus the run's own."""
+        if run.tools is None or run.tool_names is None:
+            return self.env.tools, self.spec.tools
+        return run.tools, run.tool_names
+
+    def _tool_specs(self, run: _Run) -> list[ToolSpec]:
+        registry, names = self._tools(run)
+        specs = registry.specs(names)
         for target in self.spec.handoffs:
             specs.append(ToolSpec(
                 name=f"{HANDOFF_PREFIX}{target}",

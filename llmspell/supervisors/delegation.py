@@ -12,31 +12,44 @@ runs out of turns never takes the task away from the manager).
 
 Specialists are agents in this process, agents in actors (AgentHandle), or patterns; a nested
 Delegation (or a manager agent with agents as tools) is a manager one level down. The manager
-itself runs where the delegation runs: an Agent (its spec and env are reused, with the
-delegation tools added) or an AgentSpec.
+runs in this process (an Agent, whose spec and env are reused with the delegation tools added,
+or an AgentSpec), or in its agent host (an AgentHandle): then the delegation travels with the
+manager's run as plain data (`DelegationPlan`), the host gives the manager its
+`delegate_to_<name>` tools for that run and calls the specialists itself, which must then be
+agents in actors too (or delegations whose managers are). Either way the limits, records,
+events and hooks are the same (llmspell/agents/delegation.py).
 
 Limits, per level: `max_depth` bounds how deep delegations nest below this manager (1: its
-specialists may not delegate further; counted over nested Delegations in this process), and
+specialists may not delegate further; counted over nested Delegations, across actors too), and
 `budget` bounds the calls, tokens and cost of one run's delegations at this level. A refused
 call is a tool error the manager reads, a `delegation.refused` event and a line in the
-result's `breaches`. before/after_delegation hooks run around every delegated call.
+result's `breaches`. before/after_delegation hooks run around every delegated call (in the
+manager's process: the driver's hooks, or its host's).
 """
 
 from __future__ import annotations
 
-import re
-import time
 from contextvars import ContextVar
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
-from pydantic import BaseModel, Field
-
+from llmspell.actors.agent_actor import AgentHandle
 from llmspell.agents.agent import Agent
+from llmspell.agents.delegation import (
+    DELEGATE_PREFIX,
+    Budget,
+    DelegationPlan,
+    DelegationRecord,
+    DelegationResult,
+    Level,
+    LevelRef,
+    SpecialistRef,
+    delegate,
+    tool_name,
+)
 from llmspell.agents.env import AgentEnv
 from llmspell.agents.result import RunResult, RunStatus
 from llmspell.agents.spec import AgentSpec, SpecError
-from llmspell.runtime.errors import HookCancelled
 from llmspell.runtime.hooks import HookPoint
 from llmspell.supervisors.base import (
     Pattern,
@@ -48,59 +61,17 @@ from llmspell.supervisors.base import (
 )
 from llmspell.tools.agent_tool import AgentTool
 from llmspell.tools.context import ToolContext
-from llmspell.tools.errors import ToolError
 from llmspell.tools.registry import ToolRegistry
 
-__all__ = ["DELEGATE_PREFIX", "Budget", "Delegation", "DelegationRecord", "DelegationResult"]
-
-DELEGATE_PREFIX = "delegate_to_"
-
-
-class Budget(BaseModel):
-    """What one run's delegations may spend at one level (None: no limit). Tokens and cost
-    are the specialists' (their own nested work included), counted as their runs return."""
-
-    max_calls: int | None = Field(default=None, ge=0)
-    max_tokens: int | None = Field(default=None, ge=0)
-    max_cost_usd: float | None = Field(default=None, ge=0)
-
-
-class DelegationRecord(BaseModel):
-    """One delegated call: to whom, how it ended, what it cost, and when (ms since the
-    delegation's run started, so overlapping calls can be seen)."""
-
-    specialist: str
-    input: str
-    depth: int
-    status: str  # a RunStatus, or "refused" (depth, budget or a hook)
-    reason: str = ""
-    tokens: int = 0
-    cost_usd: float = 0.0
-    started_ms: float = 0.0
-    finished_ms: float = 0.0
-
-
-class DelegationResult(RunResult):
-    delegations: list[DelegationRecord] = Field(default_factory=list)
-    breaches: list[str] = Field(default_factory=list)  # refused calls, with why
+__all__ = ["DELEGATE_PREFIX", "Budget", "Delegation", "DelegationRecord", "DelegationResult",
+           "tool_name"]
 
 
 @dataclass(eq=False)
-class _Level:
+class _Level(Level):
     """One running delegation in this task's context (a nested one is one level deeper)."""
 
-    delegation: Delegation
-    depth: int
-    started: float = field(default_factory=time.monotonic)
-    calls: int = 0
-    tokens: int = 0
-    cost_usd: float = 0.0
-    records: list[DelegationRecord] = field(default_factory=list)
-    results: list[RunResult] = field(default_factory=list)
-    breaches: list[str] = field(default_factory=list)
-
-    def ms(self) -> float:
-        return round((time.monotonic() - self.started) * 1e3, 3)
+    delegation: Delegation | None = None
 
 
 # The delegations running around the current task, outermost first. A ContextVar: tasks the
@@ -120,15 +91,30 @@ class DelegateTool(AgentTool):
         return await self.delegation.delegate(self, str(args.input), ctx)
 
 
-def tool_name(specialist: str) -> str:
-    """The tool a manager calls: providers allow letters, digits, _ and - in tool names."""
-    return DELEGATE_PREFIX + re.sub(r"[^a-zA-Z0-9_-]", "_", specialist)
+class _ActorManager:
+    """A manager agent in an agent host, run with the delegation's plan: the host gives it
+    the delegation tools for that run (as a step, so run_watched can cancel it by run id)."""
+
+    def __init__(self, handle: AgentHandle, delegation: Delegation) -> None:
+        self.handle = handle
+        self.delegation = delegation
+        self.name = handle.name
+        self.inputs: dict[str, Any] | None = None
+
+    async def run(self, input: str, *, ctx: ToolContext | None = None,
+                  run_id: str | None = None) -> RunResult:
+        outer = [lv.ref() for lv in _LEVELS.get()]
+        return await self.handle.run(input, inputs=self.inputs, ctx=ctx, run_id=run_id,
+                                     delegation=self.delegation.plan(outer))
+
+    async def cancel(self, run_id: str, reason: str = "") -> bool:
+        return await self.handle.cancel(run_id, reason)
 
 
 class Delegation(Pattern):
     kind = "delegation"
 
-    def __init__(self, name: str, manager: Agent | AgentSpec | dict[str, Any],
+    def __init__(self, name: str, manager: Agent | AgentSpec | AgentHandle | dict[str, Any],
                  specialists: list[Any], *, max_depth: int = 3, budget: Budget | None = None,
                  env: AgentEnv | None = None, description: str = "") -> None:
         super().__init__(name, description=description)
@@ -137,7 +123,12 @@ class Delegation(Pattern):
         self.max_depth = max_depth
         self.budget = budget or Budget()
         self.specialists = self._specialists(specialists)
-        self.manager = self._manager(manager, env)
+        self.manager: Agent | _ActorManager
+        if isinstance(manager, AgentHandle):
+            self.manager = _ActorManager(manager, self)
+            self.plan([])  # refuse specialists the manager's host could not reach, now
+        else:
+            self.manager = self._manager(manager, env)
 
     # -- construction -------------------------------------------------------------------------
 
@@ -162,9 +153,9 @@ class Delegation(Pattern):
             spec = manager if isinstance(manager, AgentSpec) else AgentSpec.model_validate(manager)
             env = env or AgentEnv()
         else:
-            raise SpecError(f"delegation {self.name!r}: the manager runs where the delegation "
-                            f"runs, so give an Agent or an AgentSpec, not {manager!r} (its "
-                            "specialists may be agent handles or patterns)")
+            raise SpecError(f"delegation {self.name!r}: give the manager as an Agent, an "
+                            f"AgentSpec or an agent handle (an agent in an actor), not "
+                            f"{manager!r}")
         tools = ToolRegistry(env.tools)
         added = []
         for step in self.specialists.values():
@@ -177,6 +168,29 @@ class Delegation(Pattern):
         spec = spec.model_copy(update={"tools": [*spec.tools, *added]})
         return Agent(spec, env=replace(env, tools=tools))
 
+    def plan(self, outer: list[LevelRef]) -> DelegationPlan:
+        """This delegation as plain data, for a manager in an actor. Its specialists must be
+        agents in actors too (or delegations whose managers are): the manager's host calls
+        them itself."""
+        refs = []
+        for step in self.specialists.values():
+            target = getattr(step, "target", step)
+            if isinstance(target, AgentHandle):
+                refs.append(SpecialistRef(name=step.name, agent=target.name, host=target.host,
+                                          description=_describe(step)))
+            elif isinstance(target, Delegation) and isinstance(target.manager, _ActorManager):
+                refs.append(SpecialistRef(
+                    name=step.name, agent=target.manager.name, host=target.manager.handle.host,
+                    description=_describe(step), plan=target.plan([])))
+            else:
+                raise SpecError(
+                    f"delegation {self.name!r}: its manager runs in an actor, which calls its "
+                    f"specialists itself; {step.name!r} is not an agent in an actor (nor a "
+                    "delegation whose manager is): give agent handles, or run the manager "
+                    "in this process (an Agent)")
+        return DelegationPlan(name=self.name, max_depth=self.max_depth, budget=self.budget,
+                              specialists=refs, outer=outer)
+
     # -- the run ------------------------------------------------------------------------------
 
     async def run(self, input: str, *, ctx: ToolContext | None = None,
@@ -184,41 +198,48 @@ class Delegation(Pattern):
         return await super().run(input, ctx=ctx or env_context([self.manager]), inputs=inputs)
 
     async def _run(self, input: str, ctx: ToolContext, inputs: dict[str, Any]) -> RunResult:
+        if isinstance(self.manager, _ActorManager):
+            return await self._run_in_actor(self.manager, input, ctx, inputs)
         levels = _LEVELS.get()
-        level = _Level(self, depth=len(levels) + 1)
+        level = _Level(self.name, self.max_depth, self.budget, depth=len(levels) + 1,
+                       delegation=self)
         token = _LEVELS.set((*levels, level))
         try:
             managed = await self.manager.run(input, ctx=ctx, inputs=inputs)
         finally:
             _LEVELS.reset(token)
+        return self._result(managed, level.results, level.records, level.breaches)
+
+    async def _run_in_actor(self, manager: _ActorManager, input: str, ctx: ToolContext,
+                            inputs: dict[str, Any]) -> RunResult:
+        """The manager's host runs the delegation: its limits, records and events are kept
+        there and come back with the manager's result."""
+        manager.inputs = inputs or None
+        managed = await run_watched(as_step(manager), input, ctx)
+        if isinstance(managed, DelegationResult):
+            return self._result(managed, managed.children, managed.delegations,
+                                managed.breaches)
+        return self._result(managed, [], [], [])  # the run never reached the host
+
+    def _result(self, managed: RunResult, results: list[RunResult],
+                records: list[DelegationRecord], breaches: list[str]) -> DelegationResult:
+        lead = managed.model_copy(update={"children": []}) if isinstance(
+            managed, DelegationResult) else managed
         base = self.result(managed.status, output=managed.output, reason=managed.reason,
-                           children=[managed, *level.results])
+                           children=[RunResult(**dict(lead)), *results])
         base.text = managed.text or base.text
         base.cancelled_by = managed.cancelled_by
-        return DelegationResult(**dict(base), delegations=level.records,
-                                breaches=level.breaches)
+        return DelegationResult(**dict(base), delegations=records, breaches=breaches)
 
     async def delegate(self, tool: DelegateTool, input: str, ctx: ToolContext) -> Any:
         """One call of a delegation tool: refused, or run to its end and returned."""
         level = self._level()
-        refusal = self._refusal(level, tool.specialist.name)
-        if refusal is not None:
-            self._refuse(level, tool, input, ctx, refusal)
-            raise ToolError(tool.name, refusal)
-        level.calls += 1  # counted before the await: parallel calls see each other
-        child = ctx.enter(tool.specialist.name, tool=tool.name)
-        started = level.ms()
-        child.publish("agent.delegate", {"delegation": self.name, "tool": tool.name,
-                                         "target": tool.specialist.name, "depth": level.depth})
-        try:
-            result = await self._call(tool, input, child, level)
-        except HookCancelled as exc:
-            self._refuse(level, tool, input, ctx, f"refused by hook {exc.hook!r}: {exc.reason}")
-            raise
-        self._record(level, tool.specialist.name, input, result, started, child)
-        if not result.ok:
-            raise ToolError(tool.name, _failure(result))
-        return result.output
+        outer = [lv.ref() for lv in _LEVELS.get() if lv is not level]
+
+        async def call(text: str, child: ToolContext) -> RunResult:
+            return await self._call(tool, text, child, level)
+
+        return await delegate(level, outer, tool.name, tool.specialist.name, input, ctx, call)
 
     async def _call(self, tool: DelegateTool, input: str, ctx: ToolContext,
                     level: _Level) -> RunResult:
@@ -240,8 +261,6 @@ class Delegation(Pattern):
         return RunResult(status=RunStatus.completed, agent=tool.specialist.name, output=value,
                          text=output_text(value))  # a hook replaced the call (a cache hit)
 
-    # -- limits and records -------------------------------------------------------------------
-
     def _level(self) -> _Level:
         """This delegation's innermost running level (a new one if its tool is called outside
         a run of the delegation, so the limits still hold)."""
@@ -249,57 +268,8 @@ class Delegation(Pattern):
         for level in reversed(levels):
             if level.delegation is self:
                 return level
-        return _Level(self, depth=len(levels) + 1)
-
-    def _refusal(self, level: _Level, specialist: str) -> str | None:
-        levels = _LEVELS.get()
-        outer = [lv for lv in levels if lv.depth <= level.depth] or [level]
-        for lv in outer:
-            depth = level.depth - lv.depth + 1
-            if depth > lv.delegation.max_depth:
-                chain = " -> ".join([*(x.delegation.name for x in outer if x.depth >= lv.depth),
-                                     specialist])
-                return (f"delegation depth {depth} below {lv.delegation.name!r} exceeds its "
-                        f"max_depth={lv.delegation.max_depth} ({chain}); do this part yourself")
-        return self._over_budget(level)
-
-    def _over_budget(self, level: _Level) -> str | None:
-        b, spent = self.budget, f"the delegation budget of {self.name!r} is spent"
-        if b.max_calls is not None and level.calls >= b.max_calls:
-            return f"{spent}: {level.calls} of max_calls={b.max_calls} calls made; " \
-                   "answer with what you have"
-        if b.max_tokens is not None and level.tokens >= b.max_tokens:
-            return f"{spent}: {level.tokens} of max_tokens={b.max_tokens} tokens used; " \
-                   "answer with what you have"
-        if b.max_cost_usd is not None and level.cost_usd >= b.max_cost_usd:
-            return f"{spent}: ${level.cost_usd:.4f} of max_cost_usd=${b.max_cost_usd:.4f} " \
-                   "spent; answer with what you have"
-        return None
-
-    def _refuse(self, level: _Level, tool: DelegateTool, input: str, ctx: ToolContext,
-                reason: str) -> None:
-        level.breaches.append(f"{tool.name}: {reason}")
-        now = level.ms()
-        level.records.append(DelegationRecord(
-            specialist=tool.specialist.name, input=input, depth=level.depth, status="refused",
-            reason=reason, started_ms=now, finished_ms=now))
-        ctx.publish("delegation.refused", {"delegation": self.name, "tool": tool.name,
-                                           "specialist": tool.specialist.name, "reason": reason,
-                                           "depth": level.depth})
-
-    def _record(self, level: _Level, specialist: str, input: str, result: RunResult,
-                started: float, ctx: ToolContext) -> None:
-        tokens = result.usage.total_tokens
-        level.tokens += tokens
-        level.cost_usd += result.cost_usd
-        level.results.append(result)
-        record = DelegationRecord(
-            specialist=specialist, input=input, depth=level.depth, status=str(result.status),
-            reason=result.reason, tokens=tokens, cost_usd=result.cost_usd, started_ms=started,
-            finished_ms=level.ms())
-        level.records.append(record)
-        ctx.publish("delegation.result", {"delegation": self.name, **record.model_dump(
-            exclude={"input"})})
+        return _Level(self.name, self.max_depth, self.budget, depth=len(levels) + 1,
+                      delegation=self)
 
 
 def _describe(step: Step) -> str:
@@ -309,10 +279,3 @@ def _describe(step: Step) -> str:
             f"{': ' + about if about else ''}. Give it the whole task and the context it "
             "needs; its answer comes back to you. Call several specialists at once when the "
             "tasks are independent.")
-
-
-def _failure(result: RunResult) -> str:
-    why = f"the specialist {result.agent!r} ended with status {result.status}"
-    if result.handoff is not None:
-        why += f" (it tried to hand off to {result.handoff.target!r})"
-    return f"{why}: {result.reason or 'no reason given'}; the task came back to you"

@@ -378,3 +378,22 @@ async def test_instructions_read_the_state_keys_they_name(tmp_path: Any) -> None
     with pytest.raises(ValueError, match="starts with its scope"):
         AgentSpec(name="a", state_keys=["plan"])
     await store.close()
+
+
+async def test_tools_given_to_one_run_are_offered_and_called_in_that_run_only() -> None:
+    """How a host gives a manager its delegate_to_ tools: for one run, beside the spec's."""
+    @tool
+    def extra(text: str) -> str:
+        """A run's own tool."""
+        return text.upper()
+
+    w = World([call("extra", text="hi")], "done", "again")
+    agent = w.agent(tools=[add])
+    result = await agent.runner.run("x", tools=[extra])
+    assert result.ok and w.tool_results(1)[0].content == "HI"
+    assert [t.name for t in w.provider.requests[0].tools] == ["add", "extra"]
+    await agent.runner.run("y")
+    assert [t.name for t in w.provider.requests[-1].tools] == ["add"]
+    with pytest.raises(ValueError, match="already has tool"):
+        await agent.runner.run("z", tools=[add])
+    assert agent.runner.status == AgentStatus.ready

@@ -17,7 +17,7 @@ from llmspell.runtime.events import Event
 from llmspell.runtime.hooks import HookContext, HookPoint, HookRegistry
 from llmspell.runtime.state_client import StateClient
 from llmspell.supervisors.consensus import Consensus, ConsensusResult
-from llmspell.supervisors.delegation import Delegation, DelegationResult
+from llmspell.supervisors.delegation import Budget, Delegation, DelegationResult
 from llmspell.supervisors.swarm import Swarm, SwarmResult
 from llmspell.tools import ToolContext, tool
 
@@ -49,6 +49,16 @@ SCENARIO = {"rules": [
     {"match": {"model": "^lead$", "after_tool_result": True}, "reply": "Brief: facts + draft."},
     {"match": {"model": "^researcher$"}, "reply": "Ray runs actors."},
     {"match": {"model": "^writer$"}, "reply": "A tidy draft."},
+    # delegation with managers in actors: alead asks researcher and the nested delegation
+    # "inner" at once; inner's manager asub asks writer twice in one answer
+    {"match": {"model": "^alead$", "after_tool_result": False},
+     "reply": calls(("delegate_to_researcher", {"input": "find facts on Ray"}),
+                    ("delegate_to_inner", {"input": "draft two paragraphs"}))},
+    {"match": {"model": "^alead$", "after_tool_result": True}, "reply": "Lead: done."},
+    {"match": {"model": "^asub$", "after_tool_result": False},
+     "reply": calls(("delegate_to_writer", {"input": "paragraph 1"}),
+                    ("delegate_to_writer", {"input": "paragraph 2"}))},
+    {"match": {"model": "^asub$", "after_tool_result": True}, "reply": "Sub: done."},
     # swarm: triage saves the order and hands off; billing hands off only if it saw the
     # conversation and the carried state; refunds answers
     {"match": {"model": "^triage$", "after_tool_result": False},
@@ -138,6 +148,69 @@ async def test_a_delegation_job_with_specialists_in_actors(
     results = {e.payload["specialist"]: e.payload["tokens"] for e in events
                if e.topic == "delegation.result"}
     assert set(results) == {"researcher", "writer"} and all(t > 0 for t in results.values())
+
+
+def actor_team(runtime: Runtime, job_id: str, server: LocalLLMServer, *, outer_depth: int = 3
+               ) -> tuple[Delegation, list[AgentHandle]]:
+    """Two hosts: lead and researcher on one, the nested manager and the writer on the
+    other. Every manager runs in its actor; the driver only starts the outer run."""
+    lead, researcher = spawn_host(runtime, "team-a", HostSetup([
+        AgentSpec(name="lead", model="openai:alead", stream=False),
+        AgentSpec(name="researcher", model="openai:researcher", description="Finds facts.",
+                  stream=False)], providers=providers(server)), job_id=job_id)
+    sub, writer = spawn_host(runtime, "team-b", HostSetup([
+        AgentSpec(name="sub", model="openai:asub", stream=False),
+        AgentSpec(name="writer", model="openai:writer", stream=False)],
+        providers=providers(server)), job_id=job_id)
+    inner = Delegation("inner", sub, [writer], budget=Budget(max_calls=1),
+                       description="Writes drafts with its own writer.")
+    return Delegation("outer", lead, [researcher, inner], max_depth=outer_depth), [lead, sub]
+
+
+async def test_a_delegation_whose_managers_run_in_actors(
+        runtime: Runtime, job_id: str, server: LocalLLMServer) -> None:
+    team, hosts = actor_team(runtime, job_id, server)
+    result = await team.run("Write a brief on Ray", ctx=driver_ctx(runtime, job_id))
+
+    assert isinstance(result, DelegationResult) and result.ok, result.reason
+    assert result.output == "Lead: done."
+    assert {d.specialist: d.status for d in result.delegations} == {
+        "researcher": "completed", "inner": "completed"}
+    inner = next(c for c in result.children if isinstance(c, DelegationResult))
+    assert inner.output == "Sub: done."
+    assert sorted(d.status for d in inner.delegations) == ["completed", "refused"]
+    assert len(inner.breaches) == 1 and "max_calls=1" in inner.breaches[0]
+    assert result.usage.total_tokens > 0
+
+    for handle in hosts:
+        await handle.ref.flush()
+    events = await runtime.replay(job_id)
+    topics = [e.topic for e in events]
+    assert topics.count("agent.delegate") == 3  # researcher, inner, one writer call
+    assert topics.count("delegation.result") == 3 and topics.count("delegation.refused") == 1
+    refused = next(e.payload for e in events if e.topic == "delegation.refused")
+    assert refused["delegation"] == "inner" and refused["specialist"] == "writer"
+    finished = {e.payload["branch"] for e in events if e.topic == "agent.run.finished"}
+    assert any(b.endswith("lead/researcher") for b in finished)
+    assert any(b.endswith("lead/inner/sub/writer") for b in finished)
+
+
+async def test_a_depth_limit_holds_across_the_actors_of_a_delegation(
+        runtime: Runtime, job_id: str, server: LocalLLMServer) -> None:
+    team, _ = actor_team(runtime, job_id, server, outer_depth=1)
+    result = await team.run("Write a brief on Ray", ctx=driver_ctx(runtime, job_id))
+
+    assert isinstance(result, DelegationResult) and result.ok, result.reason
+    inner = next(c for c in result.children if isinstance(c, DelegationResult))
+    assert [d.status for d in inner.delegations] == ["refused", "refused"]
+    assert all("exceeds its max_depth=1 (outer -> inner -> writer)" in b
+               for b in inner.breaches)
+
+
+def test_a_manager_in_an_actor_needs_specialists_in_actors(runtime: Runtime) -> None:
+    handle = AgentHandle(runtime, "j/host", "lead")
+    with pytest.raises(Exception, match="'helper' is not an agent in an actor"):
+        Delegation("team", handle, [Agent(name="helper")])
 
 
 async def test_a_swarm_with_two_handoffs_carrying_state(

@@ -194,7 +194,7 @@ def test_bad_delegations_are_refused_with_their_reason() -> None:
         Delegation("d", AgentSpec(name="m"), [a, a])
     with pytest.raises(SpecError, match="max_depth must be at least 1"):
         Delegation("d", AgentSpec(name="m"), [a], max_depth=0)
-    with pytest.raises(SpecError, match="give an Agent or an AgentSpec"):
+    with pytest.raises(SpecError, match="an AgentSpec or an agent handle"):
         Delegation("d", object(), [a])  # type: ignore[arg-type]
 
 
