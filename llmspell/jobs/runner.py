@@ -26,6 +26,7 @@ from typing import Any
 import jinja2.sandbox
 import structlog
 
+from llmspell.actors.agent_actor import AgentHandle
 from llmspell.agents.result import RunResult, RunStatus
 from llmspell.runtime.cancel import CancelToken
 from llmspell.runtime.eventlog import EventLog
@@ -107,6 +108,8 @@ class JobRun:
         self.runtime.node.publish_nowait(topic, payload, job_id=self.job_id)
 
     def input_text(self) -> str:
+        if self.spec.input is None:
+            return _default_input(self.inputs)
         names = {**self.inputs, "inputs": self.inputs, "input": self.inputs.get("input", "")}
         try:
             return _TEMPLATES.from_string(self.spec.input).render(**names)
@@ -171,7 +174,9 @@ class JobRun:
         if self._closed:
             return
         self._closed = True
-        for host in {h.ref.address for h in self.parts.handles.values()}:
+        # By address: a host that is gone (a crashed job) is not looked up, and neither is a
+        # remote (A2A) agent, which has no host here.
+        for host in {h.host for h in self.parts.handles.values() if isinstance(h, AgentHandle)}:
             with contextlib.suppress(Exception):  # a host that is gone has nothing to flush
                 await asyncio.wait_for(self.runtime.lookup(host).flush(), 10)
         if self.parts.supervisor:
@@ -209,6 +214,12 @@ async def _call(root: Step, text: str, ctx: ToolContext, inputs: dict[str, Any],
         result = await (root.run(text, ctx=ctx, inputs=inputs) if takes_inputs  # type: ignore[call-arg]
                         else root.run(text, ctx=ctx))
     return result if isinstance(result, RunResult) else RunResult.model_validate(result)
+
+
+def _default_input(inputs: dict[str, Any]) -> str:
+    value = inputs["input"] if "input" in inputs else (
+        next(iter(inputs.values())) if len(inputs) == 1 else inputs)
+    return value if isinstance(value, str) else json.dumps(value, default=str)
 
 
 def _topic(status: JobStatus) -> str:

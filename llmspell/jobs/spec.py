@@ -186,7 +186,9 @@ class JobSpec(_Strict):
     description: str = ""
     models: ModelsSpec = Field(default_factory=ModelsSpec)
     inputs: dict[str, InputSpec] = Field(default_factory=dict)
-    input: str = "{{ input }}"  # the root pattern's input: a template over the inputs
+    # the root pattern's input: a template over the inputs; by default the input named
+    # `input`, or the job's only input, or all of them as JSON
+    input: str | None = None
     agents: list[AgentSpec] = Field(min_length=1)
     pools: list[PoolSpec] = Field(default_factory=list)
     hosts: HostsSpec = Field(default_factory=HostsSpec)
