@@ -1,11 +1,17 @@
 """SupervisorActor: the Ray shell around SupervisorCore.
 
-It starts its children (named actors of the job, restartable by Ray so that a restart keeps the
-name and every handle valid), notices a death at once (each child's `watch()` call fails when
-its process dies) and a hang by a missed health check, and applies the core's decision:
-restart the affected children (each restores its last snapshot), or stop them all and escalate
-to its parent supervisor, up to the top, where the job fails with the chain of causes. Every
-decision is an event.
+It starts its children (named actors of the job), notices a death at once (each child's
+`watch()` call fails when its process dies) and a hang by a missed health check, and applies
+the core's decision: restart the affected children, or stop them all and escalate to its parent
+supervisor, up to the top, where the job fails with the chain of causes. Every decision is an
+event.
+
+A restart is a fresh actor under the old name, started by this supervisor with `restore=True`
+(it restores the child's last snapshot), not Ray's in-place restart: Ray waits about two
+seconds before it restarts a dead actor, while a fresh actor answers in well under one (both
+measured in benchmarks/patterns.py). Children are therefore created with max_restarts=0; once
+the supervisor has killed the dead actor for good the name is free again, and callers that
+looked the name up find the replacement (ask_supervised drops a dead handle and looks again).
 """
 
 from __future__ import annotations
@@ -20,13 +26,12 @@ import ray
 from ray.exceptions import RayActorError
 
 from llmspell.actors.base import ActorBase
-from llmspell.runtime.errors import ActorError, ActorUnavailable, LlmspellError
+from llmspell.runtime.errors import ActorError, ActorNotFound, ActorUnavailable, LlmspellError
 from llmspell.runtime.messages import Envelope
 from llmspell.runtime.spawning import spawn_actor
 from llmspell.supervisors.supervisor import (
     ChildSpec,
     Decision,
-    Restart,
     SupervisorCore,
     SupervisorSpec,
 )
@@ -95,10 +100,9 @@ class SupervisorActor(ActorBase):
 
     def _spawn(self, name: str, *, restore: bool = False) -> None:
         start = self.starts[name]
-        restarts = 0 if start.spec.restart == Restart.temporary else -1
         self.handles[name] = spawn_actor(
             self.node, start.cls, self.address_of(name), start.args, start.kwargs,
-            job_id=self.job_id, settings=self.settings, max_restarts=restarts,
+            job_id=self.job_id, settings=self.settings, max_restarts=0,
             extra={"restore": restore}, **start.options)
 
     async def _respawn(self, name: str, timeout: float = 30.0) -> None:
@@ -111,7 +115,7 @@ class SupervisorActor(ActorBase):
             except LlmspellError:
                 if time.monotonic() > deadline:
                     raise
-                await asyncio.sleep(0.1)
+                await asyncio.sleep(0.02)
 
     async def _ready(self, name: str, timeout: float = 60.0) -> None:
         info = await asyncio.wait_for(self.handles[name].ping.remote(), timeout)
@@ -202,8 +206,11 @@ class SupervisorActor(ActorBase):
             for name in decision.restart:
                 if name != decision.child or kill_failed:
                     self._unwatch(name)
-                    ray.kill(self.handles[name], no_restart=False)  # Ray starts a fresh process
-            await asyncio.gather(*(self._await_restarted(n) for n in decision.restart))
+                # The failed child is dead already, but Ray keeps a dead actor's name taken
+                # while a handle to it lives (ours); killing it for good frees the name now.
+                with contextlib.suppress(ValueError, RayActorError):
+                    ray.kill(self.handles[name], no_restart=True)
+            await asyncio.gather(*(self._replace(n) for n in decision.restart))
         finally:
             self._expected.difference_update(decision.restart)
         for name in decision.restart:
@@ -215,21 +222,13 @@ class SupervisorActor(ActorBase):
             "pids": {n: self.pids[n] for n in decision.restart},
             "elapsed_ms": round((time.monotonic() - started) * 1e3, 1)})
 
-    async def _await_restarted(self, name: str, timeout: float = 60.0) -> None:
+    async def _replace(self, name: str, timeout: float = 60.0) -> None:
+        """A fresh actor for a dead child, restored from its snapshot, answering."""
         old = self.pids.get(name)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                info = await asyncio.wait_for(self.handles[name].ping.remote(), 5.0)
-            except (RayActorError, TimeoutError):
-                await asyncio.sleep(0.05)
-                continue
-            if int(info["pid"]) != old:
-                self.pids[name] = int(info["pid"])
-                return
-            await asyncio.sleep(0.05)  # still the old process: its death is not through yet
-        raise LlmspellError(f"child {name!r} of {self.address!r} did not come back within "
-                            f"{timeout:g}s")
+        await self._respawn(name, timeout)
+        await self._ready(name, timeout)
+        if self.pids[name] == old:  # cannot be: a new actor is a new process
+            raise LlmspellError(f"child {name!r} of {self.address!r} did not come back")
 
     async def _escalate(self, decision: Decision) -> None:
         self._stop_watching()
@@ -336,17 +335,20 @@ async def ask_supervised(node: Any, address: str, type: str, payload: Any = None
 
 
 async def _back(node: Any, address: str, deadline: float) -> int:
-    """The pid of the child once it answers again (after Ray restarted it). A restart takes
-    about a second: poll often, so the first answer after it is not held back by a long
-    backoff step."""
-    delay = 0.05
+    """The pid of the child once it answers again: a replacement its supervisor started under
+    the same name (a dead actor's handle is dropped, so the name is looked up again), or the
+    same actor restarted by Ray. A restart takes a fraction of a second: poll often, so the
+    first answer after it is not held back by a long backoff step."""
+    delay = 0.02
     while True:
         try:
             async with asyncio.timeout(max(0.1, deadline - time.monotonic())):
                 info = await node.handle(address).ping.remote()
             return int(info["pid"])
-        except (RayActorError, TimeoutError) as exc:
+        except (RayActorError, TimeoutError, ActorNotFound) as exc:
+            if isinstance(exc, RayActorError):
+                node.unavailable(address, exc)  # a dead handle is dropped: look the name up
             if time.monotonic() + delay > deadline:
                 raise node.unavailable(address, exc) from None
             await asyncio.sleep(delay)
-            delay = min(delay * 1.5, 0.2)
+            delay = min(delay * 1.5, 0.1)
