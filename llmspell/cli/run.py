@@ -30,7 +30,7 @@ from llmspell.jobs.runner import job_runtime, load_saved, new_job_id
 from llmspell.llm.registry import ProviderSettings
 from llmspell.runtime.errors import LlmspellError
 from llmspell.runtime.messages import new_id
-from llmspell.runtime.runtime import Runtime
+from llmspell.runtime.runtime import Runtime, cluster_from_env
 from llmspell.runtime.settings import RuntimeSettings
 
 from .progress import JobView, follow
@@ -62,10 +62,7 @@ def parse_inputs(items: list[str]) -> dict[str, str]:
 def cluster_address(address: str | None) -> str | None:
     """The Ray cluster to join: --address, or RAY_ADDRESS when it names a cluster (inside a
     submitted job it does; a dashboard URL is for `submit`, not for joining)."""
-    address = address or os.environ.get("RAY_ADDRESS")
-    if address and not address.startswith(("http://", "https://")):
-        return address
-    return None
+    return address or cluster_from_env()
 
 
 class _Interrupt:

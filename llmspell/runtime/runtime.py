@@ -151,6 +151,11 @@ class RemoteSubscription:
             await self._hub.unsubscribe.remote(self.sub_id)
 
 
+def cluster_from_env() -> str | None:
+    address = os.environ.get("RAY_ADDRESS")
+    return address if address and not address.startswith(("http://", "https://")) else None
+
+
 class Runtime:
     """The entry point: a connection to Ray plus this driver's node, event hub and state."""
 
@@ -185,6 +190,9 @@ class Runtime:
         configure_logging(json=self.settings.log_json)
         if not ray.is_initialized():
             self._connected = True
+            # RAY_ADDRESS makes ray.init join that cluster (as inside a submitted job): then
+            # this runtime is a guest there, and must not close the cluster's services
+            self.address = self.address or cluster_from_env()
             self._embedded = self.address is None
             options: dict[str, Any] = {
                 "namespace": self.settings.namespace,
