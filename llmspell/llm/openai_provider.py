@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 from typing import Any, Literal
 
 import openai
+from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
 from llmspell.llm.errors import (
     LLMError,
@@ -79,7 +80,7 @@ class OpenAIProvider:
         started = time.perf_counter()
         try:
             if self.api == "chat":
-                raw = await self.client.chat.completions.create(**self._chat_args(request))
+                raw = await self._chat_post(self._chat_args(request))
                 response = self._from_chat(raw, request)
             else:
                 raw_r = await self.client.responses.create(**self._responses_args(request))
@@ -138,9 +139,24 @@ class OpenAIProvider:
             provider=self.name,
         )
 
+    async def _chat_post(self, args: dict[str, Any]) -> Any:
+        """`chat.completions.create` without the SDK's parameter transform. Our arguments are
+        already the wire form (plain JSON built by `_chat_args`), which the transform walks
+        type by type and returns unchanged, at about 1 ms of CPU per call: on a busy host that
+        is a tenth of a 50 ms fan-out step. The request itself is still the SDK's: its HTTP
+        client, auth, headers, timeout, error mapping and response types."""
+        body = dict(args)
+        options: dict[str, Any] = {"security": {"bearer_auth": True}}
+        if "timeout" in body:
+            options["timeout"] = body.pop("timeout")
+        stream = bool(body.get("stream"))
+        return await self.client.post(
+            "/chat/completions", body=body, options=options,  # type: ignore[call-overload]
+            cast_to=ChatCompletion, stream=stream,
+            stream_cls=openai.AsyncStream[ChatCompletionChunk])
+
     async def _stream_chat(self, request: LLMRequest) -> AsyncIterator[Chunk]:
-        stream = await self.client.chat.completions.create(**self._chat_args(request,
-                                                                              stream=True))
+        stream = await self._chat_post(self._chat_args(request, stream=True))
         text: list[str] = []
         calls: dict[int, dict[str, str]] = {}
         finish: str | None = None
