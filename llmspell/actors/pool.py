@@ -218,6 +218,10 @@ class PoolReplica(ActorBase):
 
 # -- the router ---------------------------------------------------------------------------------
 
+class _PoolStopped(Exception):
+    """The pool stopped while the call waited for a replica."""
+
+
 class _Lost(Exception):
     """The replica running a call died or was evicted under it."""
 
@@ -239,6 +243,7 @@ class PoolRouter(ActorBase):
         self._waiters: dict[str, asyncio.Future[str]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._wake = asyncio.Event()
+        self._stopped_reason: str | None = None  # set once the router is stopping
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -249,6 +254,17 @@ class PoolRouter(ActorBase):
     async def on_restart(self) -> None:
         # Ray restarted the router: its replicas died with it (they are owned by it).
         await self.on_start()
+
+    async def stop(self, reason: str = "stopped") -> int:
+        """Stop as any actor does (calls running on replicas finish), but first answer the
+        calls still waiting for a replica: they would wait for their whole deadline, and for
+        nothing when the replica they wait for cannot start (its resources are not there)."""
+        if not self._stopping:
+            self._stopped_reason = reason
+            for waiter in list(self._waiters.values()):
+                if not waiter.done():
+                    waiter.set_exception(_PoolStopped(reason))
+        return await super().stop(reason)
 
     async def on_stop(self) -> None:
         tasks = list(self._tasks)
@@ -341,6 +357,8 @@ class PoolRouter(ActorBase):
                        budget: float | None, *, lost_on: str | None) -> str:
         """A replica with a free slot for the call, waiting in the queue if need be.
         `lost_on`: the replica that died under the call's last attempt, if it is a retry."""
+        if self._stopped_reason is not None:
+            raise self._unavailable(tool)
         try:
             rid = self.sched.submit(cid, retry=lost_on is not None)
         except QueueFull as full:
@@ -354,6 +372,9 @@ class PoolRouter(ActorBase):
         try:
             async with asyncio.timeout(remaining):
                 return await waiter
+        except _PoolStopped:
+            self._grant(self.sched.withdraw(cid))
+            raise self._unavailable(tool) from None
         except TimeoutError:
             self._grant(self.sched.withdraw(cid))
             retried = f" (retried after replica {lost_on!r} was lost under it)" if lost_on else ""
@@ -363,6 +384,10 @@ class PoolRouter(ActorBase):
                 timeout=budget) from None
         finally:
             self._waiters.pop(cid, None)
+
+    def _unavailable(self, tool: str) -> ToolUnavailable:
+        return ToolUnavailable(tool, f"pool {self.address!r} stopped ({self._stopped_reason}) "
+                                     "before a replica was free for the call")
 
     def _grant(self, grants: list[tuple[str, str]]) -> None:
         """Wake the calls the scheduler gave a slot to. A call that no longer waits gives its
