@@ -27,6 +27,7 @@ from llmspell.runtime.settings import RuntimeSettings
 if TYPE_CHECKING:  # what the lazy names below are, for type checkers and editors
     from llmspell.actors.agent_actor import HostSetup, spawn_agent, spawn_host
     from llmspell.agents import Agent, AgentSpec, RunResult, RunStatus, from_template
+    from llmspell.jobs import JobResult, JobSpec, run
     from llmspell.llm import LLM, Message
     from llmspell.supervisors.base import Bind
     from llmspell.supervisors.consensus import Consensus
@@ -60,6 +61,7 @@ _LAZY = {
     "Consensus": "llmspell.supervisors.consensus", "Saga": "llmspell.supervisors.saga",
     "spawn_agent": "llmspell.actors.agent_actor", "spawn_host": "llmspell.actors.agent_actor",
     "HostSetup": "llmspell.actors.agent_actor",
+    "JobSpec": "llmspell.jobs", "JobResult": "llmspell.jobs", "run": "llmspell.jobs",
 }
 
 
@@ -92,6 +94,8 @@ __all__ = [
     "Event",
     "HookCancelled",
     "HostSetup",
+    "JobResult",
+    "JobSpec",
     "Kind",
     "LlmspellError",
     "Loop",
@@ -121,6 +125,7 @@ __all__ = [
     "__version__",
     "from_template",
     "register_payload",
+    "run",
     "spawn_agent",
     "spawn_host",
     "tool",

@@ -24,7 +24,9 @@ from llmspell.llm.server import LocalLLMServer
 pytestmark = pytest.mark.cluster
 
 SCENARIO = {"rules": [
-    {"match": {"model": "^slow$"}, "latency_ms": 60000, "reply": "too late"},
+    # the first call of `slow` hangs (the test cancels the job during it); later ones answer
+    {"match": {"model": "^slow$"}, "times": 1, "latency_ms": 60000, "reply": "too late"},
+    {"match": {"model": "^slow$"}, "reply": "finished after a resume"},
     {"match": {"model": "^writer$"}, "reply": "submitted and done"},
 ]}
 
@@ -88,14 +90,17 @@ def cli(*args: str, env: dict[str, str], cwd: Path, timeout: float = 120
                           capture_output=True, text=True, timeout=timeout)
 
 
-def job_file(folder: Path, server: LocalLLMServer, model: str) -> Path:
+def job_file(folder: Path, server: LocalLLMServer, *models: str) -> Path:
+    """A job of one agent per model, in sequence (state in the cluster's state service)."""
     folder.mkdir()
     path = folder / "job.yaml"
+    agents = [{"name": m, "model": f"openai-chat:{m}", "stream": False} for m in models]
     path.write_text(yaml.safe_dump({
         "name": "submitted",
         "models": {"providers": {"openai-chat": {"base_url": server.openai_base_url}}},
-        "agents": [{"name": "writer", "model": f"openai-chat:{model}", "stream": False}],
-        "state": {"backend": "memory"}}))
+        "agents": agents, "state": {"backend": "memory"},
+        **({"pattern": {"kind": "sequential", "steps": list(models)}} if len(models) > 1
+           else {})}))
     return path
 
 
@@ -144,10 +149,11 @@ def test_submit_follow_and_keys_only_through_the_runtime_env(
     assert len(written) > 3 and not any(key in text for text in written)
 
 
-def test_cancel_stops_a_running_submitted_job(
+def test_cancel_stops_a_running_submitted_job_and_resume_finishes_it(
         head: tuple[str, dict[str, str]], server: LocalLLMServer, tmp_path: Path) -> None:
     address, env = head
-    path = job_file(tmp_path / "slow", server, "slow")
+    path = job_file(tmp_path / "slow", server, "writer", "slow")
+    writes = sum(1 for r in server.requests if r.model == "writer")
     submitted = cli("submit", str(path), "--address", address, "-i", "input=go", "--job-id",
                     "sub-slow", env=env, cwd=tmp_path, timeout=180)
     assert submitted.returncode == 0, submitted.stderr
@@ -163,5 +169,12 @@ def test_cancel_stops_a_running_submitted_job(
     logs = cli("jobs", "logs", "sub-slow", "--address", address, env=env, cwd=tmp_path).stdout
     final = [json.loads(line) for line in logs.splitlines() if line.startswith('{"job_id"')]
     assert final and final[-1]["status"] == "cancelled", logs[-3000:]  # wound down, not killed
+
+    resumed = cli("jobs", "resume", "sub-slow", "--address", address, env=env, cwd=tmp_path)
+    assert resumed.returncode == 0 and "sub-slow-resume-1" in resumed.stdout, resumed.stderr
+    status = wait_status(address, "sub-slow-resume-1", env, tmp_path, {"SUCCEEDED", "FAILED"})
+    assert status["status"] == "SUCCEEDED"
+    assert status["result"]["output"] == "finished after a resume"
+    assert sum(1 for r in server.requests if r.model == "writer") == writes + 1  # not rerun
     unknown = cli("jobs", "status", "nope", "--address", address, env=env, cwd=tmp_path)
     assert unknown.returncode == 1 and "Job nope does not exist" in unknown.stderr
