@@ -36,7 +36,15 @@ from pydantic import BaseModel
 from ray.exceptions import RayActorError, RayTaskError
 
 from llmspell.actors.base import ActorBase
-from llmspell.actors.scaling import Deduper, PoolConfig, QueueFull, Replica, Scheduler
+from llmspell.actors.scaling import (
+    Deduper,
+    PoolConfig,
+    QueueFull,
+    Replica,
+    Scheduler,
+    offered,
+    placement,
+)
 from llmspell.runtime.errors import (
     ActorNotFound,
     ActorUnavailable,
@@ -244,6 +252,9 @@ class PoolRouter(ActorBase):
         self._tasks: set[asyncio.Task[None]] = set()
         self._wake = asyncio.Event()
         self._stopped_reason: str | None = None  # set once the router is stopping
+        self._custom: dict[str, dict[str, float]] = {}  # the custom resources a replica asked
+        self._fallback = False  # the last replica was placed without the custom resources
+        self._seen = False  # a replica has started on the custom resources
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -437,32 +448,71 @@ class PoolRouter(ActorBase):
     def _spawn_replica(self) -> None:
         cfg = self.pool
         rid = f"{self.address}/replica-{new_id()[-12:]}"
-        options: dict[str, Any] = {}
-        if cfg.resources:
-            options["resources"] = dict(cfg.resources)
-        if cfg.num_gpus:
-            options["num_gpus"] = cfg.num_gpus
-        if cfg.placement == "spread":
-            options["scheduling_strategy"] = "SPREAD"  # over a cluster's nodes
+        where = placement(cfg, self._live_nodes())
+        if where.fallback and not self._fallback:
+            self.log.warning("pool placed without its resources", pool=self.address,
+                             resources=dict(cfg.resources))
+            self.node.publish_nowait("pool.placement_fallback", {
+                "pool": self.address, "resources": dict(cfg.resources),
+                "reason": "no live node offers them"})
+        self._fallback = where.fallback
         handle = spawn_actor(
             self.node, PoolReplica, rid, (self._tool_list, self.address, cfg.dedupe_window),
             job_id=self.job_id, settings=self.settings, num_cpus=cfg.num_cpus,
-            concurrency=cfg.max_concurrency, ray_options=options)
+            concurrency=cfg.max_concurrency, ray_options=where.options)
         self._handles[rid] = handle
+        self._custom[rid] = where.custom
         self.sched.add(rid)
         self._own(self._await_start(rid, handle), f"start:{rid}")
 
+    def _live_nodes(self) -> list[dict[str, float]] | None:
+        """The live nodes' total resources, when the pool may fall back: it asks for custom
+        resources and a replica has run on them before. None otherwise, or when the cluster
+        cannot say: the resources are then taken as offered. (Resources never offered yet are
+        waited for: an autoscaler may be adding the node that has them.)"""
+        if not self.pool.resources or not self.pool.resources_fallback or not self._seen:
+            return None
+        try:
+            nodes: list[dict[str, Any]] = ray.nodes()  # type: ignore[no-untyped-call]
+        except Exception as exc:  # the GCS busy or restarting: place as asked, look again later
+            self.log.warning("cannot list the cluster's nodes", error=repr(exc))
+            return None
+        return [dict(n.get("Resources") or {}) for n in nodes if n.get("Alive")]
+
+    def _unplaceable(self, rid: str) -> bool:
+        """The replica waits for custom resources that no live node offers any more."""
+        custom = self._custom.get(rid)
+        if not custom:
+            return False
+        nodes = self._live_nodes()
+        return nodes is not None and not offered(custom, nodes)
+
     async def _await_start(self, rid: str, handle: Any) -> None:
         """Into rotation once the replica answers. A replica waiting for resources (a cluster
-        scaling up) is reported once and left waiting; one that died is replaced."""
+        scaling up) is reported once and left waiting, unless what it waits for is gone from
+        the cluster (its nodes were lost): then it is replaced by one placed without them
+        (`resources_fallback`). One that died is replaced."""
+        cfg = self.pool
+        loop = asyncio.get_running_loop()
+        started, warned = loop.time(), False
         ping = asyncio.ensure_future(handle.ping.remote())
         try:
-            done, _ = await asyncio.wait({ping}, timeout=self.pool.start_warn_s)
-            if not done:
-                self.log.warning("pool replica not started yet", replica=rid,
-                                 waited_s=self.pool.start_warn_s)
-                await self.publish("pool.replica_pending", {
-                    "pool": self.address, "replica": rid, "waited_s": self.pool.start_warn_s})
+            while True:
+                done, _ = await asyncio.wait({ping}, timeout=cfg.placement_check_s)
+                if done:
+                    break
+                if self.sched.replica(rid) is None:
+                    return  # evicted or drained while it waited
+                waited = loop.time() - started
+                if self._unplaceable(rid):
+                    await self._replace_unplaceable(rid, handle, waited)
+                    return
+                if not warned and waited >= cfg.start_warn_s:
+                    warned = True
+                    self.log.warning("pool replica not started yet", replica=rid,
+                                     waited_s=round(waited, 1))
+                    await self.publish("pool.replica_pending", {
+                        "pool": self.address, "replica": rid, "waited_s": round(waited, 1)})
             info = await ping
         except (RayActorError, RayTaskError) as exc:
             if self.sched.replica(rid) is not None:
@@ -478,7 +528,21 @@ class PoolRouter(ActorBase):
         if self.sched.replica(rid) is None:
             return  # drained while it started; being retired
         self._pids[rid] = int(info["pid"])
+        self._seen = self._seen or bool(self._custom.get(rid))
         self._grant(self.sched.ready(rid))
+
+    async def _replace_unplaceable(self, rid: str, handle: Any, waited: float) -> None:
+        """Give up on a replica waiting for resources no live node has: kill it and let the
+        control loop start another, which `placement` puts where the pool can run now."""
+        custom = self._custom.get(rid) or {}
+        self.sched.remove(rid)
+        self._kill(rid, handle)
+        self.log.warning("pool replica unplaceable, replaced", replica=rid, resources=custom)
+        await self.publish("pool.replica_failed", {
+            "pool": self.address, "replica": rid, "in_flight": 0,
+            "reason": f"waited {waited:.1f}s for resources no live node offers "
+                      f"({custom}); replaced by a replica placed without them"})
+        self._wake.set()
 
     def _evict(self, rid: str, reason: str) -> None:
         """Take a failed replica out for good (once), kill it, and let the control loop
@@ -515,6 +579,7 @@ class PoolRouter(ActorBase):
 
     def _forget(self, rid: str) -> None:
         self._handles.pop(rid, None)
+        self._custom.pop(rid, None)
         self._pids.pop(rid, None)
         self.node.forget(rid)
 

@@ -23,14 +23,14 @@ import contextlib
 import math
 import time
 from collections import OrderedDict, deque
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Generic, Literal, TypeVar
 
 __all__ = [
-    "Clock", "Deduper", "Grant", "PoolConfig", "PoolCounters", "QueueFull", "Replica",
-    "ReplicaStatus", "ScaleDecision", "Scheduler",
+    "Clock", "Deduper", "Grant", "Placement", "PoolConfig", "PoolCounters", "QueueFull",
+    "Replica", "ReplicaStatus", "ScaleDecision", "Scheduler", "offered", "placement",
 ]
 
 Clock = Callable[[], float]
@@ -61,6 +61,11 @@ class PoolConfig:
     num_gpus: float = 0.0
     resources: Mapping[str, float] = field(default_factory=dict)
     placement: Literal["spread", "default"] = "spread"
+    # When no live node offers the custom `resources` any more (the nodes that had them were
+    # lost), new replicas are placed without them (num_cpus and num_gpus still hold) instead
+    # of waiting for such a node to come back. False: they wait.
+    resources_fallback: bool = True
+    placement_check_s: float = 1.0  # how often a replica waiting to start is looked at
     dedupe_window: int = 10_000  # idempotency keys a replica remembers
 
     def __post_init__(self) -> None:
@@ -80,7 +85,7 @@ class PoolConfig:
             if getattr(self, name) < 0:
                 raise ValueError(f"{where}: {name} must be >= 0, got {getattr(self, name)}")
         for name in ("idle_timeout_s", "health_interval_s", "health_timeout_s", "tick_s",
-                     "start_warn_s"):
+                     "start_warn_s", "placement_check_s"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{where}: {name} must be > 0, got {getattr(self, name)}")
         if self.placement not in ("spread", "default"):
@@ -92,6 +97,43 @@ class PoolConfig:
         """Calls the router handles at once: all that may run, all that may wait, and room to
         refuse the rest and answer stats while the queue is full."""
         return self.max_replicas * self.max_concurrency + self.max_queue + 32
+
+
+@dataclass(frozen=True, slots=True)
+class Placement:
+    """Where a new replica goes: its Ray options, and whether they are the fallback (the
+    custom resources left out because no live node offers them)."""
+
+    options: dict[str, Any]
+    fallback: bool = False
+
+    @property
+    def custom(self) -> dict[str, float]:
+        return dict(self.options.get("resources") or {})
+
+
+def offered(request: Mapping[str, float], nodes: Sequence[Mapping[str, float]]) -> bool:
+    """Whether one of `nodes` (each a live node's total resources) can ever hold `request`."""
+    return any(all(node.get(k, 0.0) >= v for k, v in request.items()) for node in nodes)
+
+
+def placement(config: PoolConfig, nodes: Sequence[Mapping[str, float]] | None = None
+              ) -> Placement:
+    """The Ray options of a new replica. `nodes`: the live nodes' total resources, when the
+    caller knows them (None: the custom resources are taken as offered)."""
+    options: dict[str, Any] = {}
+    custom = dict(config.resources)
+    fallback = False
+    if custom and config.resources_fallback and nodes is not None \
+            and not offered(custom, nodes):
+        custom, fallback = {}, True
+    if custom:
+        options["resources"] = custom
+    if config.num_gpus:
+        options["num_gpus"] = config.num_gpus
+    if config.placement == "spread":
+        options["scheduling_strategy"] = "SPREAD"  # over a cluster's nodes
+    return Placement(options, fallback)
 
 
 class ReplicaStatus(StrEnum):
