@@ -1,7 +1,9 @@
 """Promise 14, bad input: hypothesis-generated frames (random bytes, well-formed frames with
-wrong fields, valid envelopes) sent straight to an actor's Ray methods, specs, and tool
-arguments sent to a pool. Every bad one gets a clear error, no actor dies (same process
-throughout), and the good messages interleaved with them are all handled, in order."""
+wrong fields, valid envelopes) sent straight to an actor's Ray methods, specs (the runtime's,
+and whole job specs through JobSpec.from_data), and tool arguments sent to a pool. Every bad
+one gets a clear error (a job spec: a JobSpecError listing each problem by path, never another
+exception), no actor dies (same process throughout), and the good messages interleaved with
+them are all handled, in order."""
 
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ from hypothesis import strategies as st
 from llmspell import Runtime
 from llmspell.actors.scaling import PoolConfig
 from llmspell.agents.spec import AgentSpec
+from llmspell.jobs import JobSpec, JobSpecError
 from llmspell.runtime.messages import WIRE_VERSION, Envelope, Kind, decode, encode
 from llmspell.supervisors.supervisor import SupervisorSpec
 from llmspell.tools import ToolArgumentError, ToolContext
@@ -135,3 +138,92 @@ def test_bad_tool_arguments_get_clear_errors(runtime: Runtime, shop: Any,
         assert isinstance(error, ToolArgumentError) and error.tool == "order" and str(error)
     stats = runtime.node.ask_sync(shop.address, "pool.stats", timeout=60)
     assert stats["replicas_failed"] == 0
+
+
+# -- job specs, through JobSpec.from_data (the check of references included) --------------------
+
+GOOD_SPEC: dict[str, Any] = {
+    "name": "fuzz",
+    "models": {"default": "local:m", "providers": {"local": {"base_url": "http://127.0.0.1:1/v1"}}},
+    "inputs": {"topic": {"type": "string", "default": "x"}},
+    "input": "About {{ topic }}",
+    "agents": [{"name": "a", "model": "local:m", "tools": ["calculator"]},
+               {"name": "b", "handoffs": ["a"], "template": "research"}],
+    "pools": [{"name": "p", "tools": ["calculator"], "min_replicas": 1, "max_replicas": 2}],
+    "hosts": {"groups": [{"name": "g", "agents": ["a"]}]},
+    "pattern": {"kind": "sequential", "steps": ["a", {"agent": "b", "input": "{{ previous }}"}]},
+    "hooks": [{"name": "logging"}],
+    "budgets": {"max_tokens": 1000},
+}
+# Where a mutation lands: the top level, an agent, a pool, the pattern, a step, a host group.
+PLACES: list[tuple[Any, ...]] = [(), ("agents", 0), ("agents", 1), ("pools", 0), ("pattern",),
+                                 ("pattern", "steps", 1), ("hosts", "groups", 0), ("models",),
+                                 ("inputs", "topic"), ("budgets",)]
+KEYS = ["name", "kind", "agents", "agent", "steps", "branches", "tools", "model", "models",
+        "handoffs", "pattern", "input", "inputs", "min_replicas", "max_replicas", "resources",
+        "template", "type", "default", "max_turns", "providers", "hooks", "join", "k", "until",
+        "when", "router", "manager", "specialists", "strategy", "quorum", "bogus", "version"]
+names = st.sampled_from(["a", "b", "c", "p", "g", "calculator", "sequential", "consensus",
+                         "local:m", "{{ x", "{% for %}", "", "A B", "../x"])
+spec_values = st.one_of(values, names, st.lists(names, max_size=3),
+                        st.lists(st.dictionaries(st.sampled_from(KEYS), st.one_of(names, values),
+                                                 max_size=3), max_size=2))
+
+
+def _mutate(spec: dict[str, Any], place: tuple[Any, ...], key: str, value: Any,
+            delete: bool) -> dict[str, Any]:
+    import copy
+
+    data = copy.deepcopy(spec)
+    target: Any = data
+    for step in place:
+        target = target[step]
+    if delete:
+        target.pop(key, None)
+    else:
+        target[key] = value
+    return data
+
+
+job_specs = st.one_of(
+    values,  # not a spec at all
+    st.builds(_mutate, st.just(GOOD_SPEC), st.sampled_from(PLACES), st.sampled_from(KEYS),
+              spec_values, st.booleans()),
+    st.builds(lambda a, b: _mutate(_mutate(GOOD_SPEC, *a), *b),  # two mistakes at once
+              st.tuples(st.sampled_from(PLACES), st.sampled_from(KEYS), spec_values,
+                        st.booleans()),
+              st.tuples(st.sampled_from(PLACES[:1]), st.sampled_from(KEYS), spec_values,
+                        st.booleans())),
+)
+
+
+def test_the_base_job_spec_is_good() -> None:
+    assert JobSpec.from_data(GOOD_SPEC).name == "fuzz"
+
+
+@settings(max_examples=300, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.too_slow])
+@given(data=job_specs)
+def test_bad_job_specs_get_a_job_spec_error_listing_paths_and_messages(data: Any) -> None:
+    try:
+        JobSpec.from_data(data, source="fuzz.yaml")
+    except JobSpecError as exc:  # anything else escapes and fails the test
+        assert exc.errors, "an error with nothing listed"
+        for error in exc.errors:
+            assert isinstance(error.get("path"), str) and error["path"], error
+            assert isinstance(error.get("message"), str) and error["message"].strip(), error
+        assert str(exc).startswith("fuzz.yaml: ")
+
+
+@pytest.mark.xfail(strict=True, raises=TypeError, reason=(
+    "found by the fuzz above: JobSpec's agent-template validator looks a template up in "
+    "TEMPLATES before checking it is a string, so a list or mapping raises TypeError "
+    "(llmspell/jobs/spec.py, _templates; owned by the jobs work). Strict: once fixed, this "
+    "fails as XPASS and the marker goes."))
+@pytest.mark.parametrize("template", [[], {"name": "research"}])
+def test_a_template_that_is_not_a_name_is_a_job_spec_error(template: Any) -> None:
+    data = {**GOOD_SPEC, "agents": [{"name": "a", "template": template}],
+            "pools": [], "hosts": {}, "pattern": None}
+    with pytest.raises(JobSpecError) as info:
+        JobSpec.from_data(data)
+    assert [e["path"] for e in info.value.errors] == ["agents[0].template"]
