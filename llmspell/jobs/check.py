@@ -166,29 +166,29 @@ class _References:
         self._unknown(path, "provider", provider, self.providers)
 
     def _pools(self) -> None:
-        pools = self.data.get("pools")
-        owner: dict[str, str] = {}
-        for i, pool in enumerate(pools if isinstance(pools, list) else []):
-            tools = pool.get("tools") if isinstance(pool, dict) else None
-            for j, tool in enumerate(tools if isinstance(tools, list) else []):
-                self._unknown(f"pools[{i}].tools[{j}]", "tool", tool, self.tools)
-                if isinstance(tool, str) and tool in owner:
-                    self.add(f"pools[{i}].tools[{j}]", f"tool {tool!r} is already in pool "
-                             f"{owner[tool]!r}; a tool runs in one pool")
-                owner.setdefault(str(tool), str(pool.get("name")))
+        self._groups("pools", _dicts(self.data.get("pools")), "tools", "tool", self.tools,
+                     "in pool {owner!r}; a tool runs in one pool")
 
     def _hosts(self) -> None:
         hosts = self.data.get("hosts")
-        groups = hosts.get("groups") if isinstance(hosts, dict) else None
-        placed: dict[str, str] = {}
-        for i, group in enumerate(groups if isinstance(groups, list) else []):
-            members = group.get("agents") if isinstance(group, dict) else None
-            for j, agent in enumerate(members if isinstance(members, list) else []):
-                self._unknown(f"hosts.groups[{i}].agents[{j}]", "agent", agent, self.agents)
-                if isinstance(agent, str) and agent in placed:
-                    self.add(f"hosts.groups[{i}].agents[{j}]", f"agent {agent!r} is already "
-                             f"on host {placed[agent]!r}")
-                placed.setdefault(str(agent), str(group.get("name")))
+        groups = _dicts(hosts.get("groups")) if isinstance(hosts, dict) else []
+        self._groups("hosts.groups", groups, "agents", "agent", self.agents,
+                     "on host {owner!r}")
+
+    def _groups(self, path: str, groups: list[dict[str, Any]], key: str, kind: str,
+                known: set[str] | list[Any], taken: str) -> None:
+        """Members of named groups (a pool's tools, a host's agents): each known, and in one
+        group only."""
+        owner: dict[str, str] = {}
+        for i, group in enumerate(groups):
+            members = group.get(key)
+            for j, name in enumerate(members if isinstance(members, list) else []):
+                where = f"{path}[{i}].{key}[{j}]"
+                self._unknown(where, kind, name, known)
+                if isinstance(name, str) and name in owner:
+                    self.add(where, f"{kind} {name!r} is already "
+                             + taken.format(owner=owner[name]))
+                owner.setdefault(str(name), str(group.get("name")))
 
     def _hooks(self) -> None:
         hooks = self.data.get("hooks")

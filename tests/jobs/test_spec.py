@@ -168,3 +168,19 @@ def test_the_demo_and_a_round_trip_through_yaml(tmp_path: Path) -> None:
     assert again.model_dump() == spec.model_dump() and again.base_dir == str(tmp_path)
     real = demo_spec(model="openai:gpt-4o-mini")
     assert {a.model for a in real.agents} == {"openai:gpt-4o-mini"}
+
+
+def test_a_tool_runs_in_one_pool_and_an_agent_lives_on_one_host() -> None:
+    found = problems("""
+name: groups
+agents: [{name: a}]
+pools:
+  - {name: p1, tools: [calculator]}
+  - {name: p2, tools: [calculator, calculatr]}
+hosts: {groups: [{name: h1, agents: [a]}, {name: h2, agents: [a, b]}]}
+""")
+    assert found == {
+        "pools[1].tools[0]": "tool 'calculator' is already in pool 'p1'; a tool runs in one pool",
+        "pools[1].tools[1]": "unknown tool 'calculatr' (did you mean 'calculator'?)",
+        "hosts.groups[1].agents[0]": "agent 'a' is already on host 'h1'",
+        "hosts.groups[1].agents[1]": "unknown agent 'b'; known: a"}
