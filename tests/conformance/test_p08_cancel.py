@@ -3,6 +3,11 @@ pool) is cancelled at a seeded random moment. No model call (the LLM server's re
 tool call (the tools' history) starts more than 1 s after the cancel, and no actor of the job
 remains in Ray's state API.
 
+Twice: with Runtime.kill_job (every actor of the job killed at once), and through the job layer
+(a JobSpec run by JobRun, stopped with JobRun.cancel(), then closed), where the agents must
+stop by themselves: the cancel reaches their host, their pool stops taking their calls, and
+close() leaves nothing of the job behind.
+
 The 1 s is the promise. Ray's state API reports a death a moment after it happened, so the
 actors are looked up for up to 20 s (a settle margin, not part of the promise)."""
 
@@ -13,28 +18,20 @@ import random
 import time
 
 import pytest
-import ray
 
 from llmspell import Runtime
 from llmspell.actors.agent_actor import HostSetup, spawn_host
 from llmspell.agents import AgentSpec
+from llmspell.jobs import JobRun, JobStatus
 from llmspell.llm.server import LocalLLMServer
 from tests.conformance.conftest import until
 from tests.conformance.fakes import Work
 from tests.conformance.history import rows
+from tests.conformance.jobs import SCENARIO, alive, job_spec
 
 pytestmark = pytest.mark.ray
 
 AGENTS, PROMISE_S, SETTLE_S = 4, 1.0, 20.0
-
-
-def alive(job_id: str) -> list[str]:
-    """Actors of the job in any state but DEAD (alive, restarting, pending creation, whatever
-    they asked for), from the GCS actor table, which the state API serves (the session's Ray
-    runs without the dashboard that the `ray.util.state` client talks to)."""
-    table = ray._private.state.actors()
-    return [a["Name"] for a in table.values()
-            if a["State"] != "DEAD" and (a["Name"] or "").startswith(f"{job_id}/")]
 
 
 async def test_a_cancelled_job_starts_no_call_after_a_second_and_leaves_no_actor(
@@ -62,5 +59,42 @@ async def test_a_cancelled_job_starts_no_call_after_a_second_and_leaves_no_actor
     tool_starts = [r.t for r in rows(history, "call")]
     assert max(tool_starts) <= cancelled_at + PROMISE_S
     assert max(llm_starts) <= cancelled_at + PROMISE_S
+    assert await until(lambda: not alive(job_id), SETTLE_S, "no actor of the job alive",
+                       every=0.5) is not None
+
+
+@pytest.mark.parametrize("seed", [8, 80])
+async def test_a_job_cancelled_with_jobrun_cancel_starts_no_call_after_a_second(
+        runtime: Runtime, job_id: str, seed: int) -> None:
+    with LocalLLMServer(SCENARIO) as server:
+        spec = job_spec("cancel", server.openai_base_url, model=f"loop-{job_id}", agents=AGENTS)
+        job = JobRun(spec, runtime, job_id=job_id)
+        try:
+            await job.start(save=False)
+            running = asyncio.ensure_future(job.execute())
+            await until(lambda: len(server.requests) >= 10, 60, "the job at work")
+            await asyncio.sleep(random.Random(seed).uniform(0.0, 2.0))  # the random moment
+            cancelled_at = time.time()
+            job.cancel("cancelled by the test")
+            result = await asyncio.wait_for(running, 30)
+            await asyncio.sleep(PROMISE_S + 1.0)  # anything that was going to start has started
+            llm_starts = [r.wall_time for r in server.requests]
+            # The events of the calls (the agents' dispatches, the replicas' runs) are flushed
+            # from the processes that hold them before those are stopped.
+            for address in alive(job_id):
+                await runtime.lookup(address).flush()
+        finally:
+            await job.close()
+        assert result.status == JobStatus.cancelled, result.reason
+
+    events = await runtime.replay(job_id)
+    dispatched = [e.ts for e in events if e.topic == "agent.tool.call"]
+    # A replica's run ends (its `handled` event) after it starts: a bound on its start.
+    ran = [e.ts for e in events if e.topic == "actor.message.handled"
+           and e.payload["type"] == "pool.run"]
+    assert dispatched and ran  # the job was at work, and the record shows it
+    assert max(llm_starts) <= cancelled_at + PROMISE_S
+    assert max(dispatched) <= cancelled_at + PROMISE_S
+    assert max(ran) <= cancelled_at + PROMISE_S
     assert await until(lambda: not alive(job_id), SETTLE_S, "no actor of the job alive",
                        every=0.5) is not None
