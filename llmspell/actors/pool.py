@@ -67,6 +67,7 @@ from llmspell.tools.errors import (
     ToolTimeout,
     ToolUnavailable,
 )
+from llmspell.tools.sandbox import Sandbox
 
 if TYPE_CHECKING:
     from llmspell.runtime.runtime import ActorRef
@@ -170,10 +171,12 @@ def _sooner(a: float | None, b: float | None) -> float | None:
 class PoolReplica(ActorBase):
     """Hosts a pool's tools and runs the calls the router places on it."""
 
-    def setup(self, tools: Sequence[Tool], pool: str, dedupe_window: int = 10_000) -> None:
+    def setup(self, tools: Sequence[Tool], pool: str, dedupe_window: int = 10_000,
+              sandbox: Sandbox | None = None) -> None:
         self.pool = pool
         self.tools = {t.name: t for t in tools}
         self.dedupe: Deduper[Outcome] = Deduper(dedupe_window)
+        self.sandbox = sandbox  # the pool's policy, which its calls run under
 
     async def handle(self, msg: Envelope) -> Any:
         if msg.type == RUN:
@@ -197,6 +200,8 @@ class PoolReplica(ActorBase):
             self.node.publish_nowait(topic, payload, job_id=job)
 
         ctx = ToolContext.from_wire(wire, state=self.state, emit=emit)
+        if self.sandbox is not None:
+            ctx.sandbox = self.sandbox
         # The tool sees the key this call is deduplicated by, so that it can key its effect.
         ctx.idempotency_key = ctx.idempotency_key or call.get("key")
         try:
@@ -457,7 +462,8 @@ class PoolRouter(ActorBase):
                 "reason": "no live node offers them"})
         self._fallback = where.fallback
         handle = spawn_actor(
-            self.node, PoolReplica, rid, (self._tool_list, self.address, cfg.dedupe_window),
+            self.node, PoolReplica, rid,
+            (self._tool_list, self.address, cfg.dedupe_window, cfg.sandbox),
             job_id=self.job_id, settings=self.settings, num_cpus=cfg.num_cpus,
             concurrency=cfg.max_concurrency, ray_options=where.options)
         self._handles[rid] = handle

@@ -67,6 +67,9 @@ class PoolConfig:
     resources_fallback: bool = True
     placement_check_s: float = 1.0  # how often a replica waiting to start is looked at
     dedupe_window: int = 10_000  # idempotency keys a replica remembers
+    # The pool's own sandbox policy (a Sandbox): its calls run under it, whatever policy the
+    # caller's context carries. None: the caller's.
+    sandbox: Any = None
 
     def __post_init__(self) -> None:
         where = f"pool {self.name!r}"

@@ -157,3 +157,35 @@ async def test_an_mcp_servers_tools_join_the_job_and_run_in_its_pool(
             await run(wrong, {"input": "x"}, runtime=runtime, job_id=f"{job_id}-b")
         assert "agents[0].tools[0]: unknown tool 'time__get_current_tim' (did you mean " \
                "'time__get_current_time'?)" in str(info.value)
+
+
+WRITE_SCENARIO = {"rules": [
+    {"match": {"model": "^scribe$", "after_tool_result": False},
+     "reply": {"tool_calls": [{"name": "write_file",
+                               "arguments": {"path": "note.txt", "content": "hello"}}]}},
+    {"match": {"model": "^scribe$", "after_tool_result": True}, "reply": "tried"},
+]}
+
+
+async def test_a_pools_own_sandbox_is_the_one_its_calls_run_under(
+        runtime: Runtime, job_id: str, tmp_path: Path) -> None:
+    with LocalLLMServer(WRITE_SCENARIO) as server:
+        spec = JobSpec.from_data({
+            "name": "sandboxed",
+            "models": {"providers": {"openai-chat": {"base_url": server.openai_base_url}}},
+            "agents": [{"name": "scribe", "model": "openai-chat:scribe", "stream": False,
+                        "tools": ["write_file"]}],
+            "sandbox": {"root": str(tmp_path)},  # the job may write below tmp_path...
+            "pools": [{"name": "files", "tools": ["write_file"],  # ...its file pool may not
+                       "sandbox": {"root": str(tmp_path), "read_only": True}}]})
+        result = await run(spec, {"input": "write a note"}, runtime=runtime, job_id=job_id)
+    assert result.ok and result.output == "tried"
+    wrote = [r for r in payloads_of(await result.events(), "agent.tool.result")]
+    assert wrote and wrote[0]["is_error"] and "read" in wrote[0]["content"].lower()
+    assert not (tmp_path / "note.txt").exists()
+    refused = payloads_of(await result.events(), "sandbox.refused")
+    assert refused and refused[0]["tool"] == "write_file"
+
+
+def payloads_of(events: list[Any], topic: str) -> list[dict[str, Any]]:
+    return [e.payload for e in events if e.topic == topic]
