@@ -23,7 +23,7 @@ from llmspell.jobs import ExitCode
 from llmspell.jobs.runner import new_job_id
 from llmspell.jobs.submit import Submission, SubmissionError, events_in
 
-from .run import parse_inputs, resume_local, spec_or_exit
+from .run import inputs_or_exit, resume_local, spec_or_exit
 
 __all__ = ["jobs_app", "submit"]
 
@@ -61,23 +61,31 @@ def _submission(address: str | None) -> Submission:
 
 @_api
 def submit(
-    path: Path = typer.Argument(..., help="The job spec (YAML or JSON)."),  # noqa: B008
+    path: Path = typer.Argument(..., help="The job spec (YAML or JSON) or a Lua spell."),  # noqa: B008
     address: str | None = typer.Option(None, "--address", help=ADDRESS_HELP),
     input: list[str] = typer.Option([], "--input", "-i", help="An input: key=value."),  # noqa: B008
     job_id: str | None = typer.Option(None, "--job-id", help="The job's id (default: new)."),
     wait: bool = typer.Option(False, "--wait", help="Follow the job's log to its end."),
 ) -> None:
-    """Submit a job to a Ray cluster (its folder travels as the job's working_dir)."""
+    """Submit a job or a spell to a Ray cluster (its folder travels as the job's
+    working_dir)."""
+    from llmspell.cli.spell import check_spell, is_spell, spell_job_id
+
     console = Console()
-    spec = spec_or_exit(path, console)
-    inputs = parse_inputs(input)
-    try:
-        spec.resolve_inputs(inputs)
-    except ValueError as exc:
-        console.print(f"[red]{exc}")
-        raise typer.Exit(ExitCode.bad_spec) from None
+    inputs = inputs_or_exit(input)
+    if is_spell(path):
+        check_spell(path)  # a syntax error is found here, not on the cluster
+        spec, job_id = None, job_id or spell_job_id(path)
+    else:
+        spec = spec_or_exit(path, console)
+        try:
+            spec.resolve_inputs(inputs)
+        except ValueError as exc:
+            console.print(f"[red]{exc}")
+            raise typer.Exit(ExitCode.bad_spec) from None
+        job_id = job_id or new_job_id(spec)
     sub = _submission(address)
-    submitted = sub.submit(path, spec, inputs, job_id=job_id or new_job_id(spec))
+    submitted = sub.submit(path, spec, inputs, job_id=job_id)
     console.print(f"submitted {submitted}\n  llmspell jobs status {submitted} --address "
                   f"{sub.address}")
     if wait:

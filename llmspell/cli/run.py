@@ -29,7 +29,6 @@ from llmspell.jobs.build import plan_hosts
 from llmspell.jobs.runner import job_runtime, load_saved, new_job_id
 from llmspell.llm.registry import ProviderSettings
 from llmspell.runtime.errors import LlmspellError
-from llmspell.runtime.messages import new_id
 from llmspell.runtime.runtime import Runtime, cluster_from_env
 from llmspell.runtime.settings import RuntimeSettings
 
@@ -57,6 +56,15 @@ def parse_inputs(items: list[str]) -> dict[str, str]:
                                      f"{value[1:]}: {exc.strerror or exc}"}], "inputs") from None
         inputs[key.strip()] = value
     return inputs
+
+
+def inputs_or_exit(items: list[str]) -> dict[str, str]:
+    """`parse_inputs`, a bad input ending the command with its message (exit code 2)."""
+    try:
+        return parse_inputs(items)
+    except JobSpecError as exc:
+        _ERR.print(f"[red]{exc}")
+        raise typer.Exit(ExitCode.bad_spec) from None
 
 
 def cluster_address(address: str | None) -> str | None:
@@ -233,7 +241,9 @@ def run(
 ) -> None:
     """Run a job (or a Lua spell) on an embedded local Ray with live progress."""
     console = _console(as_json)
-    if path.suffix == ".lua":
+    from llmspell.cli.spell import is_spell
+
+    if is_spell(path):
         _spell(path, input, as_json=as_json, address=address, job_id=job_id, events=events,
                scenario=scenario, console=console)
         return
@@ -260,15 +270,12 @@ def run(
 
 def _spell(path: Path, items: list[str], *, as_json: bool, address: str | None,
            job_id: str | None, events: bool, scenario: Path | None, console: Console) -> None:
+    from llmspell.cli.spell import spell_job_id
     from llmspell.spells.errors import SpellSyntaxError
 
-    try:
-        inputs = parse_inputs(items)
-    except JobSpecError as exc:
-        _ERR.print(f"[red]{exc}")
-        raise typer.Exit(ExitCode.bad_spec) from None
+    inputs = inputs_or_exit(items)
     live = not as_json and not events and console.is_terminal
-    job = job_id or f"{path.stem}-{new_id()[-10:].lower()}"
+    job = job_id or spell_job_id(path)
     with contextlib.ExitStack() as stack:
         url = None
         if scenario is not None:

@@ -1,5 +1,5 @@
-"""The CLI's side of spells: `llmspell exec 'lua code'`, and what `llmspell run` calls for a
-`.lua` path (the same JobResult as a YAML job, so it prints and exits the same way).
+"""The CLI's side of spells: `llmspell exec 'lua code'`, and what `llmspell run` and `submit`
+call for a `.lua` path (the same JobResult as a YAML job, so it prints and exits the same way).
 
 Models: `local:<name>` goes to the server at LLMSPELL_LOCAL_LLM_URL (the local LLM server, for
 offline runs); other providers read their usual environment (OPENAI_API_KEY, ...).
@@ -14,28 +14,35 @@ from typing import Any
 
 import typer
 
+from llmspell.cli.run import inputs_or_exit
 from llmspell.jobs.result import ExitCode, JobResult
 from llmspell.runtime.messages import new_id
 from llmspell.runtime.runtime import Runtime
 from llmspell.spells import SpellOptions, SpellSyntaxError, exec_spell, run_spell
 
-__all__ = ["exec_command", "is_spell", "parse_inputs", "run_lua"]
+__all__ = ["check_spell", "exec_command", "is_spell", "run_lua", "spell_job_id"]
 
 
 def is_spell(path: Path | str) -> bool:
-    """Whether `llmspell run` was given a spell rather than a job spec."""
+    """Whether `llmspell run` (or `submit`) was given a spell rather than a job spec."""
     return str(path).endswith(".lua")
 
 
-def parse_inputs(items: list[str]) -> dict[str, Any]:
-    """`-i key=value` pairs (the value stays a string, as a spell's Args)."""
-    inputs: dict[str, Any] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise typer.BadParameter(f"{item!r}: give an input as key=value")
-        inputs[key] = value
-    return inputs
+def spell_job_id(path: Path) -> str:
+    """A new job id for the spell at `path` (named after its file, as a job after its spec)."""
+    return f"{path.stem}-{new_id()[-10:].lower()}"
+
+
+def check_spell(path: Path) -> None:
+    """Compile the spell without running it: a syntax error (or a missing file) ends the
+    command with exit code 2 before anything is started or submitted."""
+    from llmspell.spells.sandbox import LuaSandbox
+
+    try:
+        LuaSandbox(folder=path.parent).compile(path.read_text(encoding="utf-8"), str(path))
+    except (SpellSyntaxError, OSError) as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(ExitCode.bad_spec) from None
 
 
 async def run_lua(path: Path | str, *, inputs: dict[str, Any], runtime: Runtime, job_id: str,
@@ -52,7 +59,7 @@ def exec_command(
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
     """Run a one-line spell on an embedded local Ray."""
-    inputs = parse_inputs(input)
+    inputs = inputs_or_exit(input)
     job_id = f"exec-{new_id()[-12:]}"
 
     async def main() -> JobResult:

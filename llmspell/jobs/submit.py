@@ -1,10 +1,10 @@
 """A job submitted to a Ray cluster through the Ray Jobs API.
 
-The cluster runs the same command a laptop runs (`python -m llmspell run job.yaml`), in the
-spec's folder shipped as the job's `working_dir`. API keys travel from the submitter's
-environment into the job's `runtime_env.env_vars` (so every worker of the job has them), never
-through the spec, the logs or the events. The job prints its events as JSON lines, which
-`llmspell jobs events` reads back from the job's log.
+The cluster runs the same command a laptop runs (`python -m llmspell run job.yaml`, or a Lua
+spell: `run spell.lua`), in the spec's (or spell's) folder shipped as the job's `working_dir`.
+API keys travel from the submitter's environment into the job's `runtime_env.env_vars` (so
+every worker of the job has them), never through the spec, the logs or the events. The job
+prints its events as JSON lines, which `llmspell jobs events` reads back from the job's log.
 """
 
 from __future__ import annotations
@@ -49,13 +49,18 @@ def _providers(spec: JobSpec) -> set[str]:
     return names
 
 
-def forwarded_env(spec: JobSpec, environ: dict[str, str] | None = None) -> dict[str, str]:
-    """The environment variables the job's providers read that are set here."""
+def forwarded_env(spec: JobSpec | None, environ: dict[str, str] | None = None
+                  ) -> dict[str, str]:
+    """The environment variables the job's providers read that are set here. Without a spec
+    (a spell, or a resumed job), every provider's: a spell names its models only as it runs."""
     environ = dict(os.environ if environ is None else environ)
     wanted: set[str] = set()
-    for name in _providers(spec):
-        wanted.update(PROVIDER_ENV.get(name, ()))
-    wanted.update(p.api_key_env for p in spec.models.providers.values() if p.api_key_env)
+    if spec is None:
+        wanted.update(n for names in PROVIDER_ENV.values() for n in names)
+    else:
+        for name in _providers(spec):
+            wanted.update(PROVIDER_ENV.get(name, ()))
+        wanted.update(p.api_key_env for p in spec.models.providers.values() if p.api_key_env)
     return {k: environ[k] for k in sorted(wanted) if environ.get(k)}
 
 
@@ -103,8 +108,10 @@ class Submission:
                     continue
                 raise SubmissionError(f"{what} on {self.address}: {text.rstrip('.')}") from None
 
-    def submit(self, path: Path, spec: JobSpec, inputs: dict[str, str], *, job_id: str,
+    def submit(self, path: Path, spec: JobSpec | None, inputs: dict[str, str], *, job_id: str,
                python: str = "python") -> str:
+        """Submit the job spec at `path` (parsed as `spec`), or the Lua spell at `path` (no
+        spec); `path`'s folder travels with it."""
         args = ["-m", "llmspell", "run", path.name, "--job-id", job_id, "--events", "--json"]
         for key, value in inputs.items():
             args += ["-i", f"{key}={value}"]
@@ -113,14 +120,14 @@ class Submission:
                        "env_vars": {**forwarded_env(spec), **_STOP}}
         return str(self._call("submit", self.client().submit_job, entrypoint=entrypoint,
                               submission_id=job_id, runtime_env=runtime_env,
-                              metadata={"llmspell_job": spec.name}, retry_s=60))
+                              metadata={"llmspell_job": path.stem if spec is None
+                                        else spec.name}, retry_s=60))
 
     def resume(self, job_id: str, *, attempt: int, python: str = "python") -> str:
         """A new submission that finishes `job_id` from its checkpoints on the cluster."""
         entrypoint = " ".join(shlex.quote(a) for a in [python, "-m", "llmspell", "jobs",
                                                        "resume", job_id, "--json"])
-        names = {n for names in PROVIDER_ENV.values() for n in names}
-        env = {n: os.environ[n] for n in sorted(names) if os.environ.get(n)}
+        env = forwarded_env(None)  # its spec is on the cluster, not here
         return str(self._call("resume", self.client().submit_job, entrypoint=entrypoint,
                               submission_id=f"{job_id}-resume-{attempt}",
                               runtime_env={"env_vars": {**env, **_STOP}},

@@ -31,7 +31,7 @@ from llmspell.spells.sandbox import LuaSandbox, SpellLimits
 from llmspell.spells.values import from_lua
 from llmspell.supervisors.base import sum_usage
 
-__all__ = ["exec_spell", "run_source", "run_spell"]
+__all__ = ["exec_spell", "open_spell", "run_source", "run_spell"]
 
 PrintLine = Callable[[str], None]
 
@@ -66,11 +66,8 @@ async def run_source(source: str, *, file: str, folder: Path | None, inputs: dic
     started = time.perf_counter()
     box = LuaSandbox(limits, folder=folder, print_line=_print if print_line is None else print_line)
     main = box.compile(source, file)
-    spell = SpellContext(runtime, job_id, box, inputs=inputs, options=options or SpellOptions(),
-                         name=Path(file).stem.strip("()") or "spell")
-    prelude = box.load(PRELUDE, "=llmspell")
-    prelude(box.lua.table_from(bridge_functions(spell)), box.internals["await"],
-            box.lua.table_from(inputs, recursive=True))
+    spell = open_spell(box, runtime=runtime, job_id=job_id, inputs=inputs, options=options,
+                       name=Path(file).stem.strip("()") or "spell")
     spell.emit("spell.started", {"file": file, "inputs": sorted(inputs)})
     output: Any = None
     status, reason = JobStatus.completed, ""
@@ -95,6 +92,19 @@ async def run_source(source: str, *, file: str, folder: Path | None, inputs: dic
                      reason=reason, usage=sum_usage(spell.results),
                      cost_usd=sum(r.cost_usd for r in spell.results),
                      duration_s=time.perf_counter() - started, _replay=replay)
+
+
+def open_spell(box: LuaSandbox, *, runtime: Runtime, job_id: str, inputs: dict[str, Any],
+               options: SpellOptions | None = None, name: str = "spell") -> SpellContext:
+    """A spell's context in `box`, its globals defined, nothing run yet. Whoever opens one
+    closes it (`await spell.close()`): run_source does; so does a benchmark that drives Lua
+    functions of its own through `spell.scheduler`."""
+    spell = SpellContext(runtime, job_id, box, inputs=inputs, options=options or SpellOptions(),
+                         name=name)
+    prelude = box.load(PRELUDE, "=llmspell")
+    prelude(box.lua.table_from(bridge_functions(spell)), box.internals["await"],
+            box.lua.table_from(inputs, recursive=True))
+    return spell
 
 
 def _ended_by(failed_runs: list[RunResult], exc: SpellRuntimeError) -> JobStatus:

@@ -178,3 +178,44 @@ def test_cancel_stops_a_running_submitted_job_and_resume_finishes_it(
     assert sum(1 for r in server.requests if r.model == "writer") == writes + 1  # not rerun
     unknown = cli("jobs", "status", "nope", "--address", address, env=env, cwd=tmp_path)
     assert unknown.returncode == 1 and "Job nope does not exist" in unknown.stderr
+
+
+def test_submit_a_spell_with_local_models_from_the_submitters_environment(
+        head: tuple[str, dict[str, str]], server: LocalLLMServer, tmp_path: Path) -> None:
+    from llmspell.jobs.submit import Submission
+
+    address, base = head
+    key = f"local-{secrets.token_hex(8)}"
+    env = {**base, "LLMSPELL_LOCAL_LLM_URL": server.openai_base_url,
+           "LLMSPELL_LOCAL_LLM_KEY": key}
+    folder = tmp_path / "spell"
+    folder.mkdir()
+    (folder / "helper.lua").write_text('return {suffix = " (from a module)"}\n')
+    spell = folder / "write.lua"
+    spell.write_text(
+        'local helper = require("helper")\n'
+        'local writer = Agent.new{name = "writer", model = "local:writer", stream = false}\n'
+        'return writer:run(Args.topic).text .. helper.suffix\n')
+    (folder / "broken.lua").write_text("local x = \n")
+
+    broken = cli("submit", str(folder / "broken.lua"), "--address", address, env=env,
+                 cwd=tmp_path)
+    assert broken.returncode == 2 and "broken.lua:2" in broken.stderr  # never submitted
+
+    submitted = cli("submit", str(spell), "--address", address, "-i", "topic=spells",
+                    "--job-id", "sub-spell", env=env, cwd=tmp_path, timeout=180)
+    assert submitted.returncode == 0, submitted.stderr
+    status = wait_status(address, "sub-spell", env, tmp_path, {"SUCCEEDED", "FAILED"})
+    assert status["status"] == "SUCCEEDED", cli("jobs", "logs", "sub-spell", "--address",
+                                                address, env=env, cwd=tmp_path).stdout[-3000:]
+    assert status["result"]["output"] == "submitted and done (from a module)"
+    events = cli("jobs", "events", "sub-spell", "--address", address, env=env, cwd=tmp_path)
+    topics = [json.loads(line)["topic"] for line in events.stdout.splitlines()]
+    assert topics.count("spell.finished") == 1 and "agent.run.finished" in topics
+
+    # the local provider's URL and key went through the runtime env, to the agent's host
+    forwarded = Submission(address).status("sub-spell").runtime_env["env_vars"]
+    assert {"LLMSPELL_LOCAL_LLM_URL", "LLMSPELL_LOCAL_LLM_KEY"} <= set(forwarded)
+    assert hashlib.sha256(key.encode()).hexdigest() in {
+        r.key_sha256 for r in server.requests if r.model == "writer"}
+    assert key not in events.stdout
