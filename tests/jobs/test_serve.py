@@ -5,6 +5,7 @@ that starts the job's actors on the session's Ray and stops them when it ends.""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import socket
 import subprocess
@@ -20,6 +21,7 @@ import ray
 import yaml
 
 from llmspell import Runtime
+from llmspell.jobs import JobSpec, run
 from llmspell.llm.server import LocalLLMServer
 from llmspell.protocols.a2a_client import A2AAgent
 
@@ -109,6 +111,17 @@ async def test_serve_a2a_publishes_a_jobs_pattern_for_another_job(
         remote = A2AAgent(name="writer", url=url)
         result = await remote.run("a note on Ray")
         assert result.ok and result.output == "the edited text", result.reason
+        # another job declares it as a remote agent and runs it as a step of its pattern
+        caller = JobSpec.from_data({
+            "name": "caller", "agents": [{"name": "echo", "model": "scripted:echo"}],
+            "remote_agents": [{"name": "team", "url": url}],
+            "pattern": {"kind": "sequential", "steps": [
+                "echo", {"agent": "team", "input": "Polish: {{ previous }}"}]}})
+        called = await run(caller, {"input": "draft"}, runtime=runtime,
+                           job_id=f"caller-{port}")
+        assert called.ok and called.output == "the edited text", called.reason
+        asked = [r.body for r in server.requests if r.model == "drafter"]
+        assert "Polish: echo: draft" in json.dumps(asked[-1])
     finally:
         proc.terminate()
         proc.wait(timeout=60)
