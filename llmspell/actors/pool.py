@@ -26,6 +26,7 @@ import asyncio
 import contextlib
 import difflib
 import json
+from collections import OrderedDict
 from collections.abc import Coroutine, Sequence
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
@@ -80,6 +81,8 @@ __all__ = [
 CALL = "pool.call"
 RUN = "pool.run"
 STATS = "pool.stats"
+WITHDRAW = "pool.withdraw"  # the caller of a call (by its idempotency key) gave up on it
+WITHDRAWN_TTL_S = 60.0
 SCALE = "pool.scale_to"
 # A call with no deadline at all (a tool without timeout) still gets an ask timeout: a day.
 NO_DEADLINE_S = 86_400.0
@@ -235,6 +238,10 @@ class _PoolStopped(Exception):
     """The pool stopped while the call waited for a replica."""
 
 
+class _Withdrawn(Exception):
+    """The caller gave up on the call while it waited for a replica."""
+
+
 class _Lost(Exception):
     """The replica running a call died or was evicted under it."""
 
@@ -257,6 +264,10 @@ class PoolRouter(ActorBase):
         self._tasks: set[asyncio.Task[None]] = set()
         self._wake = asyncio.Event()
         self._stopped_reason: str | None = None  # set once the router is stopping
+        self._calls: dict[str, str] = {}  # idempotency key -> id, of the calls here now
+        # Keys withdrawn before their call arrived (a withdrawal may overtake its call), with
+        # when: forgotten after WITHDRAWN_TTL_S, so that a later call reusing a key runs.
+        self._withdrawn: OrderedDict[str, float] = OrderedDict()
         self._custom: dict[str, dict[str, float]] = {}  # the custom resources a replica asked
         self._fallback = False  # the last replica was placed without the custom resources
         self._seen = False  # a replica has started on the custom resources
@@ -311,6 +322,8 @@ class PoolRouter(ActorBase):
             return self._stats()
         if msg.type == SCALE:
             return await self._scale_to(int(msg.payload), "requested")
+        if msg.type == WITHDRAW:
+            return self._withdraw(str(msg.payload))
         raise ValueError(f"pool router {self.address!r} does not handle {msg.type!r}")
 
     def _stats(self) -> dict[str, Any]:
@@ -336,9 +349,21 @@ class PoolRouter(ActorBase):
         budget = _sooner(tool.timeout, ctx.get("remaining"))
         loop = asyncio.get_running_loop()
         deadline = None if budget is None else loop.time() + budget
-        call = {"tool": name, "arguments": req.get("arguments"), "ctx": ctx,
-                "key": str(req.get("idempotency_key") or new_id())}
+        key = str(req.get("idempotency_key") or new_id())
+        call: dict[str, Any] = {"tool": name, "arguments": req.get("arguments"), "ctx": ctx,
+                                "key": key}
         cid = new_id()
+        if self._withdrawn.pop(key, None) is not None:
+            return self._count(_failure(Cancelled("withdrawn by its caller"), name))
+        self._calls[key] = cid
+        try:
+            return await self._attempts(name, call, cid, idempotent, deadline, budget)
+        finally:
+            if self._calls.get(key) == cid:
+                del self._calls[key]
+
+    async def _attempts(self, name: str, call: dict[str, Any], cid: str, idempotent: bool,
+                        deadline: float | None, budget: float | None) -> Outcome:
         lost_on: str | None = None
         for attempt in range(self.pool.max_retries + 1):
             try:
@@ -347,6 +372,9 @@ class PoolRouter(ActorBase):
                 return self._count(await self._run_on(rid, cid, attempt_call, deadline, budget))
             except ToolError as exc:
                 return self._count(_failure(exc, name))
+            except _Withdrawn:
+                # Its caller is gone (cancelled): a call that has not started never starts.
+                return self._count(_failure(Cancelled("withdrawn by its caller"), name))
             except _Lost as lost:
                 if not idempotent:
                     return self._count(_failure(ToolUnavailable(
@@ -391,6 +419,9 @@ class PoolRouter(ActorBase):
         except _PoolStopped:
             self._grant(self.sched.withdraw(cid))
             raise self._unavailable(tool) from None
+        except _Withdrawn:
+            self._grant(self.sched.withdraw(cid))
+            raise
         except TimeoutError:
             self._grant(self.sched.withdraw(cid))
             retried = f" (retried after replica {lost_on!r} was lost under it)" if lost_on else ""
@@ -400,6 +431,25 @@ class PoolRouter(ActorBase):
                 timeout=budget) from None
         finally:
             self._waiters.pop(cid, None)
+
+    def _withdraw(self, key: str) -> bool:
+        """The caller gave up on the call keyed `key`: if it still waits for a replica, it
+        leaves the queue and never starts (True). One running already runs to its end. A key
+        not seen yet is remembered, for a withdrawal that overtook its call."""
+        cid = self._calls.get(key)
+        if cid is None:
+            now = asyncio.get_running_loop().time()
+            self._withdrawn[key] = now
+            oldest = now - WITHDRAWN_TTL_S
+            while len(self._withdrawn) > self.pool.dedupe_window or \
+                    next(iter(self._withdrawn.values())) < oldest:
+                self._withdrawn.popitem(last=False)
+            return False
+        waiter = self._waiters.get(cid)
+        if waiter is None or waiter.done():
+            return False  # running on a replica already: it runs to its end
+        waiter.set_exception(_Withdrawn())
+        return True
 
     def _unavailable(self, tool: str) -> ToolUnavailable:
         return ToolUnavailable(tool, f"pool {self.address!r} stopped ({self._stopped_reason}) "
@@ -658,6 +708,9 @@ class PoolRouter(ActorBase):
 
 # -- the caller's side --------------------------------------------------------------------------
 
+_withdrawals: set[asyncio.Task[None]] = set()
+
+
 class PoolExecutor:
     """A ToolExecutor that runs calls in a tool pool: an agent's `RoutedExecutor` maps a tool's
     name to one. Failures come back as ToolError subclasses naming the tool."""
@@ -671,24 +724,38 @@ class PoolExecutor:
                       ) -> Any:
         ctx.cancel.raise_if_cancelled()
         limit = _sooner(tool.timeout, ctx.remaining())
+        key = ctx.idempotency_key or new_id()
         payload = {"tool": tool.name, "arguments": arguments, "ctx": ctx.to_wire(),
-                   "idempotency_key": ctx.idempotency_key or new_id(),
-                   "idempotent": tool.idempotent}
+                   "idempotency_key": key, "idempotent": tool.idempotent}
         ask = asyncio.ensure_future(self._ask(tool.name, payload, limit))
         cancel = asyncio.ensure_future(ctx.cancel.wait())
         try:
             await asyncio.wait({ask, cancel}, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:  # the caller's task itself was cancelled
+            self._give_up(ask, key)
+            raise
         finally:
             cancel.cancel()
         if not ask.done():
-            # The caller was cancelled: stop waiting (the pool finishes the call on its own).
-            ask.cancel()
+            # The caller was cancelled: stop waiting. A call that has started runs to its end
+            # in the pool; one still queued there is withdrawn and never starts.
+            self._give_up(ask, key)
             await asyncio.gather(ask, return_exceptions=True)
             raise Cancelled(ctx.cancel.reason or "cancelled")
         outcome = ask.result()
         if outcome.get("ok"):
             return outcome.get("result")
         raise error_from_wire(outcome.get("error") or {"tool": tool.name})
+
+    def _give_up(self, ask: asyncio.Future[Outcome], key: str) -> None:
+        ask.cancel()
+        task = asyncio.ensure_future(self._withdraw(key))
+        _withdrawals.add(task)  # held until sent: a task nobody references may be collected
+        task.add_done_callback(_withdrawals.discard)
+
+    async def _withdraw(self, key: str) -> None:
+        with contextlib.suppress(Exception):  # a pool that is gone has nothing to withdraw
+            await self.node.tell(self.address, WITHDRAW, key, priority=Priority.HIGH)
 
     async def _ask(self, tool: str, payload: dict[str, Any], limit: float | None) -> Outcome:
         timeout = NO_DEADLINE_S if limit is None else limit + self.grace_s

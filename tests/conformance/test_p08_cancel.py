@@ -24,6 +24,9 @@ from llmspell.actors.agent_actor import HostSetup, spawn_host
 from llmspell.agents import AgentSpec
 from llmspell.jobs import JobRun, JobStatus
 from llmspell.llm.server import LocalLLMServer
+from llmspell.runtime.cancel import CancelToken
+from llmspell.runtime.errors import Cancelled
+from llmspell.tools import ToolContext
 from tests.conformance.conftest import until
 from tests.conformance.fakes import Work
 from tests.conformance.history import rows
@@ -98,3 +101,33 @@ async def test_a_job_cancelled_with_jobrun_cancel_starts_no_call_after_a_second(
     assert max(ran) <= cancelled_at + PROMISE_S
     assert await until(lambda: not alive(job_id), SETTLE_S, "no actor of the job alive",
                        every=0.5) is not None
+
+
+async def test_calls_queued_in_a_pool_do_not_start_after_their_caller_cancelled(
+        runtime: Runtime, job_id: str, history: str) -> None:
+    """A backlog in a pool outlives no cancel: calls still waiting for a replica when their
+    caller gives up are withdrawn, not run later (one replica, one call at a time, 0.4 s each:
+    without that, the last of 8 calls would start ~2.8 s after the cancel)."""
+    pool = runtime.spawn_pool("slow", [Work()], job_id=job_id, min_replicas=1, max_replicas=1)
+    await pool.wait_ready()
+    executor, token = pool.executor(), CancelToken()
+    calls = [asyncio.ensure_future(executor.execute(
+        Work(), {"history": history, "n": n, "seconds": 0.4},
+        ToolContext(job_id=job_id, cancel=token))) for n in range(8)]
+    await until(lambda: rows(history, "call"), 30, "the first call running")
+    cancelled_at = time.time()
+    token.cancel("the caller gave up")
+    outcomes = await asyncio.gather(*calls, return_exceptions=True)
+    await asyncio.sleep(PROMISE_S + 2.0)  # the backlog would have started by now
+    starts = [r.t for r in rows(history, "call")]
+    assert all(isinstance(o, Cancelled) for o in outcomes), outcomes
+    assert max(starts) <= cancelled_at + PROMISE_S, [round(t - cancelled_at, 2) for t in starts]
+    stats = await pool.stats()
+    assert stats["queue_depth"] == 0 and stats["in_flight"] == 0
+    # A withdrawal may overtake its call (a tell against an ask): the call then never starts.
+    await runtime.tell(pool.address, "pool.withdraw", f"{job_id}-late")
+    await runtime.flush()
+    late = ToolContext(job_id=job_id, idempotency_key=f"{job_id}-late")
+    with pytest.raises(Cancelled):
+        await executor.execute(Work(), {"history": history, "n": 99}, late)
+    assert not [r for r in rows(history, "call") if r.data["n"] == 99]
