@@ -45,6 +45,7 @@ from .spec import JobSpec, JobSpecError
 
 __all__ = ["JOB_KEY", "JobRun", "job_runtime", "load_saved", "open_job", "resume", "run"]
 
+STOP_GRACE_S = 5.0  # how long a cancelled pattern has to return its own result
 JOB_KEY = "job:llmspell.job"  # the spec and inputs of a job, for resume
 _TEMPLATES = jinja2.sandbox.ImmutableSandboxedEnvironment(undefined=jinja2.StrictUndefined)
 log = structlog.get_logger("llmspell.jobs")
@@ -138,16 +139,26 @@ class JobRun:
     async def _run_root(self, text: str, resume: bool) -> RunResult:
         assert self.root is not None and self.ctx is not None
         wall = self.spec.budgets.wall_time_s
-        call = _call(self.root, text, self.ctx, self.inputs, resume)
+        task = asyncio.ensure_future(_call(self.root, text, self.ctx, self.inputs, resume))
         try:
-            return await asyncio.wait_for(call, wall) if wall else await call
-        except TimeoutError:
-            return RunResult(status=RunStatus.cancelled, agent=self.spec.name,
-                             cancelled_by="budget",
-                             reason=f"wall time budget of {wall:g} s exceeded")
+            done, _ = await asyncio.wait({task}, timeout=wall)
         except asyncio.CancelledError:
             self.ctx.cancel.cancel("the job was interrupted")
+            task.cancel()
             raise
+        if task in done:
+            return task.result()
+        reason = f"wall time budget of {wall:g} s exceeded"
+        # Cancelled through its token, the pattern stops its remote runs and checkpoints;
+        # one that does not return in time is cut.
+        self.ctx.cancel.cancel(reason)
+        done, _ = await asyncio.wait({task}, timeout=STOP_GRACE_S)
+        if not done:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        return RunResult(status=RunStatus.cancelled, agent=self.spec.name,
+                         cancelled_by="budget", reason=reason)
 
     def steps(self) -> list[Any]:
         """What the job offers to callers from outside (MCP, A2A): each agent by its name, and

@@ -4,6 +4,7 @@ logs: the demo (delegation, a tool pool, consensus), budgets, outputs, failures,
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -189,3 +190,19 @@ async def test_a_pools_own_sandbox_is_the_one_its_calls_run_under(
 
 def payloads_of(events: list[Any], topic: str) -> list[dict[str, Any]]:
     return [e.payload for e in events if e.topic == topic]
+
+
+async def test_a_wall_time_budget_stops_a_slow_job_as_over_budget(
+        runtime: Runtime, job_id: str) -> None:
+    slow = {"rules": [{"match": {"model": "^slow$"}, "latency_ms": 20000, "reply": "late"}]}
+    with LocalLLMServer(slow) as server:
+        spec = JobSpec.from_data({
+            "name": "slowpoke", "budgets": {"wall_time_s": 1.5},
+            "models": {"providers": {"openai-chat": {"base_url": server.openai_base_url}}},
+            "agents": [{"name": "slow", "model": "openai-chat:slow", "stream": False}]})
+        started = time.monotonic()
+        result = await run(spec, {"input": "take your time"}, runtime=runtime, job_id=job_id)
+        took = time.monotonic() - started
+    assert result.status == JobStatus.budget_exceeded and result.exit_code == 3
+    assert result.reason == "wall time budget of 1.5 s exceeded"
+    assert took < 15  # cut at the budget (plus closing), not after the 20 s answer
