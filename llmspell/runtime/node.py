@@ -91,6 +91,7 @@ class Node:
         self._streams: dict[str, _Stream] = {}
         self._outboxes: dict[str, Batcher[bytes]] = {}
         self._hub_batcher: Batcher[Event] | None = None
+        self._retiring: set[asyncio.Task[None]] = set()  # outboxes of forgotten actors closing
         self.bus = EventBus(sequencer=False, sinks=[_HubSink(self)])
 
     # -- finding actors -----------------------------------------------------------------------
@@ -112,9 +113,28 @@ class Node:
         self._handles[address] = handle
 
     def forget(self, address: str) -> None:
-        """Drop what is known of an actor after it died: its handle and its stream."""
+        """Drop what is known of an actor after it died: its handle, its stream and its
+        outbox (whose flusher task would otherwise live as long as this process; tells still
+        in it go out once more and, the actor being gone, become dead letters)."""
         self._handles.pop(address, None)
         self._streams.pop(address, None)
+        outbox = self._outboxes.pop(address, None)
+        if outbox is not None:
+            self._retire(outbox)
+
+    def known(self, prefix: str = "") -> set[str]:
+        """The addresses (starting with `prefix`) this node holds anything for."""
+        return {a for table in (self._handles, self._streams, self._outboxes) for a in table
+                if a.startswith(prefix)}
+
+    def _retire(self, outbox: Batcher[bytes]) -> None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # called from sync code: the loop that ran the outbox is over
+            return
+        task = loop.create_task(outbox.close(), name=f"retire:{outbox.name}")
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)
 
     # -- building messages --------------------------------------------------------------------
 

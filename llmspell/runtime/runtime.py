@@ -330,6 +330,10 @@ class Runtime:
             except ValueError:
                 pass  # already gone
             self.node.forget(address)
+        # The job's actors that died before (a stopped supervisor's hosts, replaced replicas)
+        # are forgotten too: this driver keeps nothing per actor of a job that is over.
+        for address in self.node.known(prefix):
+            self.node.forget(address)
         return killed
 
     def _remote_class(self, cls: type) -> Any:

@@ -4,7 +4,8 @@ completed, some cancelled, some crashed in different ways, nothing of them is le
 - no actor of any of those jobs in Ray's GCS actor table in any state but DEAD (alive,
   restarting, or pending creation because what it asked for is not free);
 - no file descriptor, file or SQLite connection (its .db, -wal or -shm file) opened by the
-  driver and not closed;
+  driver and not closed, and nothing held per actor of those jobs in the driver's node
+  (handles, message streams, outboxes);
 - Ray's available resources equal its total (every host and replica asks for CPU).
 
 Each job has a pool of replicas and a host of agents looping model call -> tool call against
@@ -62,6 +63,12 @@ def driver_files() -> tuple[int, set[str]]:
     """The driver's open descriptors (files, sockets, pipes) and the paths of its open files."""
     me = psutil.Process()
     return me.num_fds(), {f.path for f in me.open_files()}
+
+
+def known_addresses(runtime: Runtime) -> set[str]:
+    """The actor addresses the driver's node holds something for."""
+    node = runtime.node
+    return set(node._handles) | set(node._streams) | set(node._outboxes)
 
 
 def sqlite_files(paths: set[str]) -> set[str]:
@@ -188,6 +195,9 @@ async def test_jobs_cancelled_and_crashed_leave_no_actor_file_or_resource(
 
         await settled(no_new_descriptors, "the driver's descriptors back to where they were")
         fds_after, files_after = driver_files()
+        # Nor does the driver keep anything per actor of theirs (handles, streams, outboxes).
+        held = known_addresses(runtime)
+        assert not [a for a in held if a.split("/", 1)[0] in job_ids], held
 
     assert fds_after <= fds_before, (fds_before, fds_after)
     assert files_after <= files_before, files_after - files_before
