@@ -211,7 +211,8 @@ class JobSpec(_Strict):
         if not isinstance(value, list):
             return value
         return [{**TEMPLATES[a["template"]], **a} if isinstance(a, dict)
-                and a.get("template") in TEMPLATES else a for a in value]
+                and isinstance(a.get("template"), str) and a["template"] in TEMPLATES else a
+                for a in value]
 
     # -- loading --------------------------------------------------------------------------------
 

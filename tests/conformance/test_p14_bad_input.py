@@ -215,11 +215,6 @@ def test_bad_job_specs_get_a_job_spec_error_listing_paths_and_messages(data: Any
         assert str(exc).startswith("fuzz.yaml: ")
 
 
-@pytest.mark.xfail(strict=True, raises=TypeError, reason=(
-    "found by the fuzz above: JobSpec's agent-template validator looks a template up in "
-    "TEMPLATES before checking it is a string, so a list or mapping raises TypeError "
-    "(llmspell/jobs/spec.py, _templates; owned by the jobs work). Strict: once fixed, this "
-    "fails as XPASS and the marker goes."))
 @pytest.mark.parametrize("template", [[], {"name": "research"}])
 def test_a_template_that_is_not_a_name_is_a_job_spec_error(template: Any) -> None:
     data = {**GOOD_SPEC, "agents": [{"name": "a", "template": template}],
