@@ -33,6 +33,7 @@ from typing import Any
 from benchmarks.agents import ServerProcess
 from llmspell import Runtime
 from llmspell.actors.agent_actor import AgentHandle, HostSetup, spawn_host
+from llmspell.runtime.hooks import HookContext, HookPoint, HookRegistry
 from llmspell.runtime.messages import new_id
 from llmspell.spells import SpellOptions
 from llmspell.spells.bridges.tools import call_tool
@@ -52,7 +53,16 @@ local agents = {}
 for i = 1, n_agents do
   agents[i] = Agent.new{name = "lua-" .. i, model = model, stream = false}
 end
+local deltas = 0
+Hook.register("on_stream_delta", function(ctx) deltas = deltas + 1 end)
+local streamer = Agent.new{name = "streamer", model = model, stream = true}
 local bench = {}
+function bench.stream(text)
+  deltas = 0
+  local r = streamer:run(text)
+  if r.text ~= "echo: " .. text then error("the streamer answered " .. r.text) end
+  return deltas
+end
 function bench.tools(n)
   for _ = 1, n do
     local out = Tool.call("echo", {text = "hi"})
@@ -78,6 +88,14 @@ return bench
 def echo(text: str) -> str:
     """Answer with the text given."""
     return text
+
+
+def watch_deltas(registry: HookRegistry) -> None:
+    """The Python peer of the spell's Lua on_stream_delta hook, installed in its host."""
+    def delta(ctx: HookContext) -> None:
+        ctx.metadata["seen"] = True
+
+    registry.register(HookPoint.on_stream_delta, delta)
 
 
 Timed = Callable[[], Awaitable[float]]
@@ -152,6 +170,38 @@ async def bench_agent_runs(rt: Runtime, spell: SpellContext, bench: Any, handles
             "agent_runs_per_round": len(handles)}
 
 
+async def bench_stream_deltas(spell: SpellContext, bench: Any, streamer: AgentHandle, *,
+                              rounds: int, words: int) -> dict[str, Any]:
+    """A streamed answer of `words` words, each chunk seen by an on_stream_delta hook: in Lua
+    (the hook is relayed to the driver and awaited, chunk by chunk) and in Python (in the
+    agent's host)."""
+    text = " ".join(f"w{i}" for i in range(words))
+    chunks: list[int] = []
+
+    async def lua() -> float:
+        started = time.perf_counter()
+        chunks.append(await spell.scheduler.first(bench["stream"], text))
+        return time.perf_counter() - started
+
+    async def python() -> float:
+        started = time.perf_counter()
+        result = await streamer.run(text)
+        elapsed = time.perf_counter() - started
+        if result.text != f"echo: {text}":
+            raise RuntimeError(f"the streamer answered {result.text!r}")
+        return elapsed
+
+    await lua()
+    await python()
+    medians = await alternate({"lua": lua, "python": python}, rounds)
+    per_run = statistics.median(chunks)
+    return {"lua_stream_run_ms": round(medians["lua"] * 1e3, 1),
+            "python_stream_run_ms": round(medians["python"] * 1e3, 1),
+            "stream_chunks": per_run,
+            "lua_stream_delta_hook_us_per_chunk": round(
+                (medians["lua"] - medians["python"]) / per_run * 1e6, 1)}
+
+
 async def main(args: argparse.Namespace) -> dict[str, Any]:
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -179,6 +229,13 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                     await handles[0].ref.wait_ready()
                     results.update(await bench_agent_runs(rt, spell, bench, handles,
                                                           rounds=args.agent_rounds))
+                    streamer = spawn_host(rt, "python-streamer", HostSetup(
+                        [{"name": "py-streamer", "model": MODEL, "stream": True}],
+                        providers=providers, hooks=[watch_deltas]), job_id="bench-python")[0]
+                    await streamer.ref.wait_ready()
+                    results.update(await bench_stream_deltas(spell, bench, streamer,
+                                                             rounds=args.agent_rounds,
+                                                             words=args.words))
                 finally:
                     await spell.close()
                     rt.kill_job("bench-python")
@@ -196,6 +253,9 @@ def table(r: dict[str, Any]) -> str:
         (f"{r['agent_runs_per_round']} agent runs at once (ms)", r["python_100_agent_runs_ms"],
          r["lua_100_agent_runs_ms"],
          f"{r['lua_vs_python_agents_ratio']}x (target <= {r['agents_target_ratio']:g}x)"),
+        (f"stream, {r['stream_chunks']:g} deltas hooked (ms)", r["python_stream_run_ms"],
+         r["lua_stream_run_ms"], f"+{r['lua_stream_delta_hook_us_per_chunk']} us a delta "
+         "(the Lua hook is relayed)"),
     ]
     out = [f"{'measure':30} {'Python':>10} {'Lua':>10}  note"]
     out += [f"{name:30} {a!s:>10} {b!s:>10}  {c}" for name, a, b, c in rows]
@@ -213,6 +273,7 @@ if __name__ == "__main__":
     parser.add_argument("--calls", type=int, default=500, help="tool calls a round")
     parser.add_argument("--agents", type=int, default=100, help="agent runs a round")
     parser.add_argument("--agent-rounds", type=int, default=10, help="agent rounds a side")
+    parser.add_argument("--words", type=int, default=100, help="words of the streamed answer")
     parsed = parser.parse_args()
     if parsed.quick:
         parsed.calls = max(1, parsed.calls // 5)

@@ -12,6 +12,14 @@ payload crosses by pickle; the driver converts it for Lua). Hooks are installed 
 it starts: a spell registers its hooks before its agents first run (a hook registered later at
 a point no running host has hooks for is reported with a warning, and applies to agents that
 start after it).
+
+Stream deltas are the exception to one round trip per call: an on_stream_delta hook's result
+is ignored by the agent loop (it watches, it cannot change a delta), and a round trip to the
+driver costs milliseconds, which per chunk would hold the stream back (about 5 ms a delta
+measured by benchmarks/spells.py). So a relayed delta hook returns at once; the actor sends its
+deltas in order, in batches (whatever came while the last batch was on its way), and the run's
+after_agent_run waits for the last batch to be answered, so a spell's delta hooks have seen
+every delta of a run before the run returns to it.
 """
 
 from __future__ import annotations
@@ -26,10 +34,13 @@ from typing import Any
 import ray
 
 from llmspell.runtime.errors import LlmspellError
-from llmspell.runtime.hooks import HookContext, HookRegistry, HookResult
+from llmspell.runtime.hooks import HookContext, HookPoint, HookRegistry, HookResult
 from llmspell.runtime.logs import get_logger
 
 __all__ = ["RelayError", "RelayHooks", "RelayPump", "SpellRelay", "relay_call"]
+
+# Runs before every other after_agent_run hook: they may count on the deltas having arrived.
+_FLUSH_PRIORITY = 1_000_000
 
 Handler = Callable[[str, Any, dict[str, Any]], Awaitable[Any]]
 _TAKE_TIMEOUT_S = 0.5
@@ -108,6 +119,45 @@ async def relay_call(relay: str, namespace: str, kind: str, key: str, payload: A
     return value
 
 
+class _DeltaSender:
+    """An actor's stream deltas for one relay, sent in order, a batch at a time."""
+
+    def __init__(self, relay: str, namespace: str) -> None:
+        self.relay, self.namespace = relay, namespace
+        self.items: list[tuple[str, Any, dict[str, Any]]] = []
+        self.task: asyncio.Task[None] | None = None
+
+    def add(self, hook: str, payload: Any, info: dict[str, Any]) -> None:
+        self.items.append((hook, payload, info))
+        if self.task is None or self.task.done():
+            self.task = asyncio.get_running_loop().create_task(self._send())
+
+    async def _send(self) -> None:
+        log = get_logger(actor=self.relay)
+        while self.items:
+            batch, self.items = self.items, []
+            try:
+                await relay_call(self.relay, self.namespace, "hooks", "", batch, {})
+            except Exception as exc:  # the spell has ended: nobody is left to watch
+                log.warning("stream deltas not delivered to the spell", error=repr(exc),
+                            deltas=len(batch))
+
+    async def flush(self, ctx: HookContext) -> None:
+        """An after_agent_run hook: wait until every delta sent so far is answered."""
+        while self.task is not None and not self.task.done():
+            await asyncio.shield(self.task)
+
+
+_senders: dict[tuple[str, str], _DeltaSender] = {}
+
+
+def _sender(relay: str, namespace: str) -> _DeltaSender:
+    sender = _senders.get((relay, namespace))
+    if sender is None:
+        sender = _senders[(relay, namespace)] = _DeltaSender(relay, namespace)
+    return sender
+
+
 @dataclass(frozen=True)
 class RelayedHook:
     """A hook in an actor that runs Lua hook number `hook` in the spell's driver."""
@@ -122,6 +172,9 @@ class RelayedHook:
                 "target": ctx.target, "attempt": ctx.attempt,
                 "error": None if ctx.error is None else f"{type(ctx.error).__name__}: "
                                                        f"{ctx.error}"}
+        if ctx.point == HookPoint.on_stream_delta:
+            _sender(self.relay, self.namespace).add(str(self.hook), ctx.payload, info)
+            return None
         result: HookResult | None = await relay_call(self.relay, self.namespace, "hook",
                                                      str(self.hook), ctx.payload, info)
         return result
@@ -150,6 +203,10 @@ class RelayHooks:
             registry.register(spec.point, RelayedHook(self.relay, self.namespace, spec.hook,
                                                       spec.name),
                               priority=spec.priority, timeout=spec.timeout, name=spec.name)
+        if any(spec.point == HookPoint.on_stream_delta for spec in self.hooks):
+            registry.register(HookPoint.after_agent_run,
+                              _sender(self.relay, self.namespace).flush,
+                              priority=_FLUSH_PRIORITY, name="spell_stream_deltas")
 
 
 class RelayPump:

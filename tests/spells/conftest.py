@@ -8,8 +8,9 @@ from typing import Any
 
 import pytest
 
+from llmspell import Runtime
 from llmspell.llm.server import LocalLLMServer
-from llmspell.spells import SpellOptions
+from llmspell.spells import SpellOptions, exec_spell
 
 SCENARIO = Path(__file__).parent / "scenario.yaml"
 
@@ -38,7 +39,9 @@ def printed() -> Printed:
     return Printed()
 
 
-def spell_kwargs(runtime: Any, job_id: str, options: SpellOptions, printed: Printed,
-                 **inputs: Any) -> dict[str, Any]:
-    return {"inputs": inputs, "runtime": runtime, "job_id": job_id, "options": options,
-            "print_line": printed}
+async def run(runtime: Runtime, job_id: str, options: SpellOptions, code: str) -> Any:
+    """Run a one-line spell (its prints dropped) that must complete; its output."""
+    result = await exec_spell(code, inputs={}, runtime=runtime, job_id=job_id, options=options,
+                              print_line=lambda line: None)
+    assert result.ok, result.reason
+    return result.output

@@ -3,22 +3,14 @@ events from sub-agents, state, workflows, and a spell's actors stopped when it f
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
 
 from llmspell import Runtime
 from llmspell.jobs.result import JobStatus
 from llmspell.spells import SpellOptions, exec_spell
+from tests.spells.conftest import run
 
 pytestmark = pytest.mark.ray
-
-
-async def run(runtime: Runtime, job_id: str, options: SpellOptions, code: str) -> Any:
-    result = await exec_spell(code, inputs={}, runtime=runtime, job_id=job_id, options=options,
-                              print_line=lambda line: None)
-    assert result.ok, result.reason
-    return result.output
 
 
 async def test_concurrent_agent_runs_take_little_longer_than_one(
@@ -133,3 +125,126 @@ async def test_a_failing_spell_stops_its_actors(
     assert not runtime.exists(f"{job_id}/spell-agents-1")
     stopped = [e.payload for e in await runtime.replay(job_id, pattern="actor.stopped")]
     assert stopped and result.usage.total_tokens > 0
+
+
+async def test_agent_template_gives_its_instructions_and_tools(
+        runtime: Runtime, job_id: str, options: SpellOptions) -> None:
+    from llmspell.agents.templates import TEMPLATES
+
+    out = await run(runtime, job_id, options, """
+        local system
+        Hook.register("before_llm_call", function(ctx)
+          system = ctx.payload.messages[1].parts[1].text
+        end)
+        local analyst = Agent.template("data", {name = "analyst", model = "local:calc"})
+        local r = analyst:run("what is 6*7?")
+        local ok, err = pcall(Agent.template, "poet", {name = "p"})
+        return {text = r.text, system = system, templates = Agent.templates(), err = err,
+                name = analyst.name}
+    """)
+    assert out["text"] == "The answer is 42."  # the template's calculator did the sum
+    assert out["system"].startswith(TEMPLATES["data"]["instructions"])
+    assert out["templates"] == sorted(TEMPLATES) and out["name"] == "analyst"
+    assert "unknown agent template 'poet'" in out["err"]
+
+
+async def test_tool_list_and_get_describe_builtin_lua_and_agent_tools(
+        runtime: Runtime, job_id: str, options: SpellOptions) -> None:
+    from llmspell.tools.builtin import builtin_registry
+
+    out = await run(runtime, job_id, options, """
+        local maths = {}
+        for _, t in ipairs(Tool.list("math")) do table.insert(maths, t.name) end
+        local before = #Tool.list()
+        Tool.define{name = "shout", description = "Upper-case a text.",
+          parameters = {type = "object", properties = {text = {type = "string"}},
+                        required = {"text"}},
+          fn = function(args) return args.text:upper() end}
+        local helper = Agent.new{name = "helper", model = "local:echo",
+                                 description = "Echoes what it is told."}
+        local ok, err = pcall(Tool.get, "calculater")
+        return {maths = maths, before = before, after = #Tool.list(),
+                calc = Tool.get("calculator"), shout = Tool.get("shout"),
+                helper = Tool.get("helper"), ok = ok, err = err}
+    """)
+    assert out["maths"] == ["calculator", "unit_convert"]
+    assert out["before"] == len(list(builtin_registry())) and out["after"] == out["before"] + 1
+    calc = out["calc"]
+    assert calc["category"] == "math" and calc["parameters"]["required"] == ["expression"]
+    assert out["shout"]["category"] == "spell"
+    assert out["shout"]["parameters"]["required"] == ["text"]
+    assert out["helper"]["name"] == "helper"
+    assert out["helper"]["description"] == "Echoes what it is told."
+    assert out["ok"] is False and "calculator" in out["err"]  # the suggestion
+
+
+async def test_the_spells_own_coroutines_can_call_functions_that_wait(
+        runtime: Runtime, job_id: str, options: SpellOptions) -> None:
+    out = await run(runtime, job_id, options, """
+        local calc = Agent.new{name = "calc", model = "local:calc", tools = {"calculator"}}
+        local gen = coroutine.wrap(function()
+          for i = 1, 3 do
+            coroutine.yield(Tool.call("calculator", {expression = i .. " * 2"}).result)
+          end
+          coroutine.yield(calc:run("what is 6*7?").text)
+          return "done"
+        end)
+        local outs = {gen(), gen(), gen(), gen(), gen()}
+        -- an error raised by a waiting call inside a coroutine reaches its resume
+        local co = coroutine.create(function()
+          return Tool.call("calculator", {expression = "1 +"})
+        end)
+        local ok, err = coroutine.resume(co)
+        -- Spell.all from inside a coroutine, with a nested coroutine in one branch
+        local both = coroutine.wrap(function()
+          return Spell.all{
+            function() return Tool.call("calculator", {expression = "1 + 1"}).result end,
+            function()
+              local inner = coroutine.wrap(function()
+                coroutine.yield(State.set("job:inner", "set"))
+              end)
+              inner()
+              return State.get("job:inner")
+            end}
+        end)
+        return {outs = outs, ok = ok, err = err, status = coroutine.status(co),
+                both = both()}
+    """)
+    assert out["outs"] == [2, 4, 6, "The answer is 42.", "done"]
+    assert out["ok"] is False and out["status"] == "dead" and "not a valid expression" in out["err"]
+    assert out["both"] == [2, "set"]
+
+
+async def test_stream_deltas_reach_a_lua_hook_in_order_through_the_relay(
+        runtime: Runtime, job_id: str, options: SpellOptions) -> None:
+    out = await run(runtime, job_id, options, """
+        local deltas = {}
+        Hook.register("on_stream_delta", function(ctx)
+          table.insert(deltas, ctx.payload)
+        end)
+        local talker = Agent.new{name = "talker", model = "local:echo", stream = true}
+        local r = talker:run("one two three four five six")
+        return {deltas = deltas, text = r.text}
+    """)
+    assert out["text"] == "echo: one two three four five six"
+    assert "".join(out["deltas"]) == out["text"] and len(out["deltas"]) > 5
+    sent = [e.payload["text"] for e in await runtime.replay(job_id, pattern="agent.llm.delta")]
+    assert sent == out["deltas"]  # every delta, in order, before the run returned
+
+
+async def test_state_write_hooks_see_the_spells_writes_not_an_actors(
+        runtime: Runtime, job_id: str, options: SpellOptions) -> None:
+    """The documented limit (llmspell/spells/__init__.py): state_write hooks are not relayed
+    to agent actors; a write an agent makes there is not seen by a Lua hook."""
+    out = await run(runtime, job_id, options, """
+        local writes = {}
+        Hook.register("before_state_write", function(ctx)
+          table.insert(writes, ctx.payload.key)
+        end)
+        State.set("job:from_lua", 1)
+        local noter = Agent.new{name = "noter", model = "local:noter", tools = {"state_write"}}
+        local r = noter:run("note it")
+        return {writes = writes, text = r.text, note = State.get("job:note")}
+    """)
+    assert out["text"] == "noted" and out["note"] == "from the actor"
+    assert out["writes"] == ["job:from_lua"]

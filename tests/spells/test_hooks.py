@@ -2,21 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
 
 from llmspell import Runtime
-from llmspell.spells import SpellOptions, exec_spell
+from llmspell.spells import SpellOptions
+from tests.spells.conftest import run
 
 pytestmark = pytest.mark.ray
-
-
-async def run(runtime: Runtime, job_id: str, options: SpellOptions, code: str) -> Any:
-    result = await exec_spell(code, inputs={}, runtime=runtime, job_id=job_id, options=options,
-                              print_line=lambda line: None)
-    assert result.ok, result.reason
-    return result.output
 
 
 async def test_cancel_from_lua_stops_a_tool_call_inside_an_agent_actor(

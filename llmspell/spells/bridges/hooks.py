@@ -149,6 +149,18 @@ def exports(spell: SpellContext) -> dict[str, Callable[..., Any]]:
                           error=RuntimeError(info["error"]) if info.get("error") else None)
         return await hooks[int(key)](ctx)
 
+    async def serve_batch(key: str, payload: Any, info: dict[str, Any]) -> None:
+        """Stream deltas from an agent host, in order (their hooks' results are ignored, as
+        the agent loop ignores a Python delta hook's): a failing hook is logged, the next
+        delta still delivered."""
+        for number, value, context in payload:
+            try:
+                await serve(number, value, context)
+            except Exception as exc:
+                spell.log.warning("a Lua on_stream_delta hook failed", hook=number,
+                                  error=repr(exc))
+
     spell.handlers["hook"] = serve
+    spell.handlers["hooks"] = serve_batch
     return {"hook_register": now(spell, hook_register), "hook_remove": now(spell, hook_remove),
             "hook_points": now(spell, lambda: [p.value for p in HookPoint])}
