@@ -96,6 +96,7 @@ class AgentHost(ActorBase):
         for installer in setup.hooks:
             installer(hooks)
         self.hooks = hooks
+        self.state.hooks = hooks  # the agents' state writes run the host's state_write hooks
         return emit, hooks
 
     def _executor(self, setup: HostSetup) -> ToolExecutor:

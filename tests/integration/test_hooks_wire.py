@@ -116,3 +116,35 @@ async def test_a_shared_tool_limit_holds_across_actors(runtime: Runtime, job_id:
     assert all(r.ok for r in results) and len(started) == 4
     started.sort()
     assert started[2] - started[0] >= 0.45  # four calls at two per window need two windows
+
+
+def shout_state(hooks: HookRegistry) -> None:
+    """A host's hook (shipped to the actor): values written to state are upper-cased."""
+    from llmspell.runtime.hooks import HookContext, HookPoint, Modify
+
+    @hooks.on(HookPoint.before_state_write)
+    def upper(ctx: HookContext) -> Modify | None:
+        value = ctx.payload.get("value")
+        return Modify({**ctx.payload, "value": value.upper()}) if isinstance(value, str) else None
+
+
+async def test_an_agents_state_writes_run_its_hosts_state_write_hooks(
+        runtime: Runtime, job_id: str) -> None:
+    from llmspell.actors.agent_actor import HostSetup, spawn_host
+    from llmspell.agents import AgentSpec
+    from llmspell.tools.builtin import builtin_registry
+
+    scenario = {"rules": [
+        {"match": {"model": "^noter$", "after_tool_result": False},
+         "reply": {"tool_calls": [{"name": "state_write",
+                                   "arguments": {"key": "job:note", "value": "quiet"}}]}},
+        {"match": {"model": "^noter$", "after_tool_result": True}, "reply": "noted"}]}
+    with LocalLLMServer(scenario) as server:
+        [noter] = spawn_host(runtime, "notes", HostSetup(
+            [AgentSpec(name="noter", model="openai-chat:noter", stream=False,
+                       tools=["state_write"])],
+            providers={"openai-chat": {"base_url": server.openai_base_url, "api_key": "k"}},
+            tools=[builtin_registry().get("state_write")], hooks=[shout_state]), job_id=job_id)
+        result = await noter.run("note it")
+    assert result.ok
+    assert await StateClient(runtime.node, job_id=job_id).get("job:note") == "QUIET"
