@@ -15,12 +15,10 @@
 
 Where Lua hooks fire: at every point in the driver (the spell's tool calls and state writes,
 workflow steps, delegations, handoffs) and, relayed, at the points inside agent actors
-(agent_run, llm_call, tool_call, on_stream_delta, on_error, on_retry). A limit: state_write hooks
-are not relayed, so a write an agent makes from its actor (the state_write tool) is not seen by a
-Lua before/after_state_write hook; the spell's own State.set, and writes by the workflows and
-patterns it runs in the driver, are. (An agent host's state client keeps the hook registry it
-was made with, not the one its hooks are installed in, so relaying them would not fire them
-yet.) Stream deltas reach a Lua hook in batches, all of a run's before the run returns.
+(agent_run, llm_call, tool_call, on_stream_delta, on_error, on_retry, state_write: a write an
+agent makes from its actor with the state_write tool reaches a Lua before/after_state_write
+hook, which may change or refuse it). Stream deltas reach a Lua hook in batches, all of a run's
+before the run returns.
 """
 
 from llmspell.spells.context import SpellOptions

@@ -26,11 +26,13 @@ if TYPE_CHECKING:
 
 __all__ = ["AGENT_POINTS", "AgentHosts", "SpellAgent"]
 
-# The hook points that fire inside an agent's actor (the agent loop and its model client).
+# The hook points that fire inside an agent's actor (the agent loop, its model client, and its
+# state writes).
 AGENT_POINTS = frozenset({
     HookPoint.before_agent_run, HookPoint.after_agent_run, HookPoint.before_llm_call,
     HookPoint.after_llm_call, HookPoint.before_tool_call, HookPoint.after_tool_call,
-    HookPoint.on_stream_delta, HookPoint.on_error, HookPoint.on_retry})
+    HookPoint.on_stream_delta, HookPoint.on_error, HookPoint.on_retry,
+    HookPoint.before_state_write, HookPoint.after_state_write})
 
 
 class SpellAgent:

@@ -232,10 +232,10 @@ async def test_stream_deltas_reach_a_lua_hook_in_order_through_the_relay(
     assert sent == out["deltas"]  # every delta, in order, before the run returned
 
 
-async def test_state_write_hooks_see_the_spells_writes_not_an_actors(
+async def test_state_write_hooks_see_the_spells_writes_and_an_actors(
         runtime: Runtime, job_id: str, options: SpellOptions) -> None:
-    """The documented limit (llmspell/spells/__init__.py): state_write hooks are not relayed
-    to agent actors; a write an agent makes there is not seen by a Lua hook."""
+    """A Lua state_write hook sees the spell's own writes and, relayed, an agent's writes made
+    in its actor."""
     out = await run(runtime, job_id, options, """
         local writes = {}
         Hook.register("before_state_write", function(ctx)
@@ -247,4 +247,4 @@ async def test_state_write_hooks_see_the_spells_writes_not_an_actors(
         return {writes = writes, text = r.text, note = State.get("job:note")}
     """)
     assert out["text"] == "noted" and out["note"] == "from the actor"
-    assert out["writes"] == ["job:from_lua"]
+    assert out["writes"] == ["job:from_lua", "job:note"]
