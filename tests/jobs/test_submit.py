@@ -41,41 +41,55 @@ def free_ports(n: int) -> list[int]:
     return ports
 
 
+def start_head(home: Path, env: dict[str, str]) -> tuple[subprocess.Popen[bytes], str]:
+    """`ray start --head --block` on free ports; (the process, its dashboard address). A try
+    whose ports were taken meanwhile, or that fails to start, is retried on new ones."""
+    log = home / "ray-start.log"
+    for _attempt in range(3):
+        ports = free_ports(9)
+        args = ["ray", "start", "--head", "--block", "--node-ip-address=127.0.0.1",
+                "--dashboard-host=127.0.0.1", "--num-cpus=2", "--disable-usage-stats",
+                "--include-dashboard=true", f"--temp-dir={home}/ray", f"--port={ports[0]}",
+                f"--dashboard-port={ports[1]}", f"--dashboard-agent-listen-port={ports[2]}",
+                f"--dashboard-agent-grpc-port={ports[3]}", f"--metrics-export-port={ports[4]}",
+                f"--runtime-env-agent-port={ports[5]}", f"--node-manager-port={ports[6]}",
+                f"--object-manager-port={ports[7]}", f"--ray-client-server-port={ports[8]}"]
+        with log.open("ab") as out:
+            proc = subprocess.Popen(args, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                    start_new_session=True)
+        address = f"http://127.0.0.1:{ports[1]}"
+        deadline = time.monotonic() + 120
+        while proc.poll() is None and time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"{address}/api/version", timeout=2):
+                    return proc, address
+            except OSError:
+                time.sleep(0.5)
+        stop_head(proc)
+    raise AssertionError(f"ray start failed three times:\n{log.read_text()[-3000:]}")
+
+
+def stop_head(proc: subprocess.Popen[bytes]) -> None:
+    proc.terminate()  # `ray start --block` stops everything it started
+    try:
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, 9)
+
+
 @pytest.fixture(scope="module")
 def head(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, dict[str, str]]]:
     """A one-node Ray cluster of its own (its own HOME, ports and temp dir)."""
     home = tmp_path_factory.mktemp("head")
-    ports = free_ports(9)
     env = {**os.environ, "HOME": str(home),
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     for key in ("RAY_ADDRESS", "OPENAI_API_KEY", "ANTHROPIC_API_KEY"):
         env.pop(key, None)
-    args = ["ray", "start", "--head", "--block", "--node-ip-address=127.0.0.1",
-            "--dashboard-host=127.0.0.1", "--num-cpus=2", "--disable-usage-stats",
-            "--include-dashboard=true", f"--temp-dir={home}/ray", f"--port={ports[0]}",
-            f"--dashboard-port={ports[1]}", f"--dashboard-agent-listen-port={ports[2]}",
-            f"--dashboard-agent-grpc-port={ports[3]}", f"--metrics-export-port={ports[4]}",
-            f"--runtime-env-agent-port={ports[5]}", f"--node-manager-port={ports[6]}",
-            f"--object-manager-port={ports[7]}", f"--ray-client-server-port={ports[8]}"]
-    proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
-    address = f"http://127.0.0.1:{ports[1]}"
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            with urllib.request.urlopen(f"{address}/api/version", timeout=2):
-                break
-        except OSError:
-            assert proc.poll() is None and time.monotonic() < deadline, "ray start failed"
-            time.sleep(0.5)
+    proc, address = start_head(home, env)
     try:
         yield address, env
     finally:
-        proc.terminate()  # `ray start --block` stops everything it started
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, 9)
+        stop_head(proc)
 
 
 @pytest.fixture(scope="module")
