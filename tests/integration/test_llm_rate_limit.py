@@ -21,7 +21,7 @@ from tests.integration.actors import LLMCaller
 pytestmark = pytest.mark.ray
 
 LIMIT, WINDOW, ACTORS, CALLERS = 10, 1.0, 4, 5
-SEND_JITTER = 0.1
+SEND_JITTER = 0.3  # seen above 0.1 s with the suite running beside other work
 
 
 async def test_a_shared_rate_limit_holds_at_the_server(runtime: Runtime, job_id: str) -> None:
