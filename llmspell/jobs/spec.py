@@ -123,6 +123,9 @@ class PoolSpec(_Strict):
     idle_timeout_s: float = Field(default=30.0, gt=0)
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
     placement: Literal["spread", "default"] = "spread"
+    # after the nodes offering `resources.custom` are lost, place replicas without them (True)
+    # or wait for such a node to come back (False)
+    resources_fallback: bool = True
     sandbox: Sandbox | None = None  # this pool's policy; default: the job's
 
     @field_validator("max_replicas")
