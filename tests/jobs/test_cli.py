@@ -22,6 +22,7 @@ from llmspell import Runtime
 from llmspell.cli.main import app
 from llmspell.jobs.spec import JobSpec
 from llmspell.llm.server import LocalLLMServer
+from tests.jobs.common import two_steps
 
 SCENARIO = {"rules": [
     {"match": {"model": "^drafter$"}, "reply": "a draft"},
@@ -38,17 +39,8 @@ def server() -> Iterator[LocalLLMServer]:
 
 
 def write_job(folder: Path, server: LocalLLMServer, **extra: Any) -> Path:
-    spec = {"name": "cli-job",
-            "models": {"providers": {"openai-chat": {"base_url": server.openai_base_url}}},
-            "inputs": {"topic": {"required": True}},
-            "input": "Write about {{ topic }}",
-            "agents": [{"name": "drafter", "model": "openai-chat:drafter", "stream": False},
-                       {"name": "editor", "model": "openai-chat:editor", "stream": False}],
-            "pattern": {"kind": "sequential", "steps": [
-                "drafter", {"agent": "editor", "input": "Edit: {{ previous }}"}]},
-            **extra}
     path = folder / "job.yaml"
-    path.write_text(yaml.safe_dump(spec))
+    path.write_text(yaml.safe_dump(two_steps(server, **extra)))
     return path
 
 

@@ -15,6 +15,7 @@ from llmspell import Runtime
 from llmspell.jobs import JobSpec, JobStatus, run
 from llmspell.jobs.demo import demo_scenario, demo_spec
 from llmspell.llm.server import LocalLLMServer
+from tests.jobs.common import two_steps
 
 pytestmark = pytest.mark.ray
 
@@ -73,19 +74,6 @@ SEQUENTIAL = {"rules": [
 def server() -> Iterator[LocalLLMServer]:
     with LocalLLMServer(SEQUENTIAL) as s:
         yield s
-
-
-def two_steps(server: LocalLLMServer, **extra: Any) -> dict[str, Any]:
-    return {"name": "two-steps",
-            "models": {"providers": {"openai-chat": {"base_url": server.openai_base_url,
-                                                     "api_key_env": "LLMSPELL_TEST_KEY"}}},
-            "inputs": {"topic": {"required": True}},
-            "input": "Write about {{ topic }}",
-            "agents": [{"name": "drafter", "model": "openai-chat:drafter", "stream": False},
-                       {"name": "editor", "model": "openai-chat:editor", "stream": False}],
-            "pattern": {"kind": "sequential", "steps": [
-                "drafter", {"agent": "editor", "input": "Edit: {{ previous }}"}]},
-            **extra}
 
 
 async def test_outputs_go_to_a_file_and_a_state_key(
