@@ -81,10 +81,13 @@ def stop_head(proc: subprocess.Popen[bytes]) -> None:
 def head(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, dict[str, str]]]:
     """A one-node Ray cluster of its own (its own HOME, ports and temp dir)."""
     home = tmp_path_factory.mktemp("head")
-    env = {**os.environ, "HOME": str(home),
-           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    for key in ("RAY_ADDRESS", "OPENAI_API_KEY", "ANTHROPIC_API_KEY"):
-        env.pop(key, None)
+    # Nothing of the session's Ray leaks in: ray.init sets RAY_AUTH_MODE=token in this process,
+    # and a head started with it but another HOME finds no token and refuses to start (without
+    # it, the head makes its own token under this HOME, where its clients find it).
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")
+           and k not in ("OPENAI_API_KEY", "ANTHROPIC_API_KEY")}
+    env.update(HOME=str(home),
+               PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
     proc, address = start_head(home, env)
     try:
         yield address, env
