@@ -14,21 +14,6 @@ import pytest
 from tests.conformance.history import init
 
 
-def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "soak: the full size of a promise whose CI run is "
-                                       "smaller; runs only with `-m soak`")
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Soak runs are selected by name (`-m soak`), never as part of the default suite."""
-    if "soak" in (config.getoption("markexpr", "") or ""):
-        return
-    skip = pytest.mark.skip(reason="the full-size run: select it with -m soak")
-    for item in items:
-        if item.get_closest_marker("soak") is not None:
-            item.add_marker(skip)
-
-
 @pytest.fixture
 def history(tmp_path: Path) -> str:
     return init(str(tmp_path / "history.db"))
