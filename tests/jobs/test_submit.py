@@ -7,7 +7,6 @@ import hashlib
 import json
 import os
 import secrets
-import socket
 import subprocess
 import sys
 import time
@@ -20,6 +19,7 @@ import pytest
 import yaml
 
 from llmspell.llm.server import LocalLLMServer
+from tests.net import free_ports
 
 pytestmark = pytest.mark.cluster
 
@@ -29,16 +29,6 @@ SCENARIO = {"rules": [
     {"match": {"model": "^slow$"}, "reply": "finished after a resume"},
     {"match": {"model": "^writer$"}, "reply": "submitted and done"},
 ]}
-
-
-def free_ports(n: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(n)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
 
 
 def start_head(home: Path, env: dict[str, str]) -> tuple[subprocess.Popen[bytes], str]:

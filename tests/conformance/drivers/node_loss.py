@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import sys
 import time
 from typing import Any
@@ -24,6 +23,7 @@ from ray.cluster_utils import Cluster
 from llmspell import Runtime
 from llmspell.jobs import JobRun, JobSpec
 from llmspell.llm.server import LocalLLMServer
+from tests.net import free_ports
 
 IP = "127.0.0.3"  # loopback, and not the session's Ray's 127.0.0.2
 STEPS, CALLS = 4, 3  # steps of the job; parallel tool calls in each
@@ -37,16 +37,6 @@ SCENARIO = {"latency_ms": 100, "rules": [
 # of seconds) would only make the test slower. What the pool does afterwards is the promise.
 HEALTH = {"health_check_initial_delay_ms": 0, "health_check_period_ms": 500,
           "health_check_timeout_ms": 500, "health_check_failure_threshold": 3}
-
-
-def free_ports(n: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(n)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
 
 
 def node_ports() -> dict[str, int]:
