@@ -39,7 +39,7 @@ async def test_each_senders_messages_are_handled_in_order(runtime: Runtime, job_
 
 
 async def _handled(sink: object, total: int) -> None:
-    from tests.conformance.conftest import until
+    from tests.waiting import until
 
     async def done() -> bool:
         return int(await sink.ask("count", timeout=30)) >= total  # type: ignore[attr-defined]

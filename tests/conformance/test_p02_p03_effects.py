@@ -21,9 +21,9 @@ import pytest
 
 from llmspell import Runtime
 from llmspell.tools import ToolContext, ToolUnavailable
-from tests.conformance.conftest import until
 from tests.conformance.fakes import Pay, PayBlind
 from tests.conformance.history import rows
+from tests.waiting import until
 
 pytestmark = pytest.mark.ray
 

@@ -13,8 +13,8 @@ import ray
 from llmspell import Runtime
 from llmspell.supervisors.actor import SupervisorActor, ask_supervised
 from llmspell.supervisors.supervisor import SupervisorSpec
-from tests.conformance.conftest import until
 from tests.integration.supervised import Worker
+from tests.waiting import until
 
 pytestmark = pytest.mark.ray
 

@@ -11,8 +11,8 @@ import psutil
 import pytest
 
 from llmspell import Runtime
-from tests.conformance.conftest import until
 from tests.conformance.fakes import Sink
+from tests.waiting import until
 
 pytestmark = pytest.mark.ray
 

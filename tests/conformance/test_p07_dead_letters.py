@@ -17,8 +17,8 @@ from llmspell.supervisors.actor import (
     ask_supervised,
 )
 from llmspell.supervisors.supervisor import SupervisorSpec
-from tests.conformance.conftest import until
 from tests.conformance.fakes import Poisonable, Sink
+from tests.waiting import until
 
 pytestmark = pytest.mark.ray
 

@@ -27,10 +27,10 @@ from llmspell.llm.server import LocalLLMServer
 from llmspell.runtime.cancel import CancelToken
 from llmspell.runtime.errors import Cancelled
 from llmspell.tools import ToolContext
-from tests.conformance.conftest import until
 from tests.conformance.fakes import Work
 from tests.conformance.history import rows
 from tests.conformance.jobs import SCENARIO, alive, job_spec
+from tests.waiting import until
 
 pytestmark = pytest.mark.ray
 

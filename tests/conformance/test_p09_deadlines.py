@@ -13,9 +13,9 @@ import pytest
 
 from llmspell import Runtime
 from llmspell.tools import ToolContext, ToolTimeout
-from tests.conformance.conftest import until
 from tests.conformance.fakes import Hang, Work
 from tests.conformance.history import rows
+from tests.waiting import until
 
 pytestmark = pytest.mark.ray
 

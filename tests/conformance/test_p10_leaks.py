@@ -35,8 +35,8 @@ from llmspell import Runtime
 from llmspell.jobs import JobResult, JobRun, JobStatus
 from llmspell.llm.server import LocalLLMServer
 from llmspell.runtime.messages import new_id
-from tests.conformance.conftest import until
 from tests.conformance.jobs import SCENARIO, actors_of, alive, job_spec
+from tests.waiting import until
 
 pytestmark = pytest.mark.ray
 

@@ -21,7 +21,7 @@ from llmspell.llm.server import LocalLLMServer
 from llmspell.runtime.state_client import StateClient
 from llmspell.supervisors.consensus import Consensus
 from llmspell.tools import ToolContext
-from tests.conformance.conftest import until
+from tests.waiting import until
 
 pytestmark = pytest.mark.ray
 

@@ -18,7 +18,7 @@ from llmspell import Runtime
 from llmspell.actors.agent_actor import HostSetup, spawn_host
 from llmspell.agents import AgentSpec
 from llmspell.llm.server import LocalLLMServer
-from tests.conformance.conftest import until
+from tests.waiting import until
 
 pytestmark = pytest.mark.ray
 

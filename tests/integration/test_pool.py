@@ -9,9 +9,7 @@ import itertools
 import os
 import signal
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -27,23 +25,9 @@ from llmspell.tools import (
     ToolUnavailable,
 )
 from tests.integration.pool_tools import charge, double, freeze, nap, order, pid
+from tests.waiting import until
 
 pytestmark = pytest.mark.ray
-
-
-async def until(check: Callable[[], Any], timeout: float, what: str, every: float = 0.05
-                ) -> Any:
-    """Poll `check` (sync or async) until it returns something truthy."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if asyncio.iscoroutine(value):
-            value = await value
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout}s: {what}")
-        await asyncio.sleep(every)
 
 
 async def replicas_ready(pool: ToolPoolRef, count: int) -> bool:
