@@ -298,8 +298,16 @@ class PoolRouter(ActorBase):
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        # A replica's last events (the calls it handled) wait in its batcher; killed at once,
+        # they would never reach the job's log.
+        await asyncio.gather(*(self._flush(h) for h in self._handles.values()))
         for rid, handle in list(self._handles.items()):
             self._kill(rid, handle)
+
+    @staticmethod
+    async def _flush(handle: Any) -> None:
+        with contextlib.suppress(Exception):  # a dead or hung replica has nothing to give
+            await asyncio.wait_for(handle.flush.remote(), 2.0)
 
     def _own(self, coro: Coroutine[Any, Any, None], name: str) -> None:
         """Start a task the router owns: cancelled at stop, its failure logged, not lost."""
