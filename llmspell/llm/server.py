@@ -67,6 +67,7 @@ AuthKind = Literal["bearer", "x-api-key", "none"]
 ScenarioSource = Scenario | str | Path | dict[str, Any] | None
 
 _RAW_SEND = "llmspell.raw_send"
+_ARRIVED = "llmspell.arrived"  # time.monotonic() when the request reached the server
 _SECRET_HEADERS = frozenset({"authorization", "x-api-key", "api-key", "cookie"})
 _SSE_HEADERS = {"cache-control": "no-cache"}
 _SSE_MEDIA = "text/event-stream"
@@ -685,7 +686,7 @@ class _KeepRawSend:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
-            scope = {**scope, _RAW_SEND: send}
+            scope = {**scope, _RAW_SEND: send, _ARRIVED: time.monotonic()}
         await self.app(scope, receive, send)
 
 
@@ -1031,13 +1032,22 @@ async def handle(state: ServerState, request: Request, api: Api) -> Response:
         return await state.recorder.forward(request, raw, req, record)
     hit = state.book.pick(req.prompt)
     record.rule = hit.name if hit else None
-    await asyncio.sleep(state.response_delay(hit))
     if hit is not None and hit.rule.fault is not None:
+        await _until(request, state.response_delay(hit))
         record.fault = hit.rule.fault.kind
         return await _inject(state, request, req, hit.rule.fault, record, hit)
     record.status = 200
     answer = build_answer(req, hit.rule.reply if hit else None, state.ids)
-    return _answer_response(state, request, req, answer, hit)
+    response = _answer_response(state, request, req, answer, hit)
+    await _until(request, state.response_delay(hit))
+    return response
+
+
+async def _until(request: Request, delay: float) -> None:
+    """Wait until `delay` after the request arrived: a model's latency is counted from the
+    request, as a real API's is, so this server's own work is inside it, not added to it."""
+    arrived = request.scope.get(_ARRIVED, time.monotonic())
+    await asyncio.sleep(max(0.0, arrived + delay - time.monotonic()))
 
 
 def _refusal(record: RecordedRequest, body: Any) -> tuple[int, str] | None:
