@@ -45,6 +45,7 @@ from llmspell import Runtime
 from llmspell.actors.agent_actor import HostSetup, spawn_agent, spawn_host
 from llmspell.actors.host import HostCore
 from llmspell.agents import AgentEnv, AgentSpec
+from llmspell.llm.http import http_client
 from llmspell.runtime.hooks import HookContext, HookPoint, HookRegistry
 from llmspell.runtime.messages import new_id
 from llmspell.tools import tool
@@ -133,7 +134,8 @@ async def bare_run(client: openai.AsyncOpenAI) -> str:
 
 
 async def bench_turns(rt: Runtime, server: ServerProcess, runs: int) -> dict[str, float]:
-    client = openai.AsyncOpenAI(base_url=server.url, api_key="k", max_retries=0)
+    client = openai.AsyncOpenAI(base_url=server.url, api_key="k", max_retries=0,
+                                http_client=http_client(openai, "auto", 60.0))
     agent = spawn_agent(rt, {"name": f"turns-{new_id()[-6:]}", "model": "openai-chat:m",
                              "tools": ["lookup"], "stream": False,
                              "memory": {"kind": "window", "max_messages": 4}},

@@ -40,6 +40,7 @@ import openai
 from pydantic import SecretStr
 
 from llmspell.llm.client import LLM
+from llmspell.llm.http import http_client
 from llmspell.llm.registry import ProviderRegistry, ProviderSettings
 from llmspell.llm.tokens import is_exact
 from llmspell.llm.types import Message
@@ -244,9 +245,11 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
     server = ServerProcess()
     try:
         async with Events() as events, openai.AsyncOpenAI(
-                base_url=server.openai_base_url, api_key="k", max_retries=0) as oai, \
-                anthropic.AsyncAnthropic(base_url=server.url, api_key="k",
-                                         max_retries=0) as ant:
+                base_url=server.openai_base_url, api_key="k", max_retries=0,
+                http_client=http_client(openai, "auto", 60.0)) as oai, \
+                anthropic.AsyncAnthropic(base_url=server.url, api_key="k", max_retries=0,
+                                         http_client=http_client(anthropic, "auto", 60.0)
+                                         ) as ant:
             llm = our_llm(server, events)
             pairs = calls(oai, ant, llm)
             figures = {name: await compare(*pair, args.rounds, args.calls, args.warmup)

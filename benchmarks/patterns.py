@@ -42,6 +42,7 @@ from benchmarks.agents import ServerProcess
 from llmspell import Runtime
 from llmspell.actors.agent_actor import AgentHandle, AgentHost, HostSetup, spawn_host
 from llmspell.agents import AgentSpec
+from llmspell.llm.http import http_client
 from llmspell.runtime.messages import new_id
 from llmspell.runtime.state_client import StateClient
 from llmspell.supervisors.actor import ChildStart, SupervisorActor, ask_supervised
@@ -200,7 +201,8 @@ async def fanout_bare_ray(server: ServerProcess) -> float:
     free: asyncio.Queue[Any] = asyncio.Queue()
     for b in burners:
         free.put_nowait(b)
-    client = openai.AsyncOpenAI(base_url=server.url, api_key="k", max_retries=0)
+    client = openai.AsyncOpenAI(base_url=server.url, api_key="k", max_retries=0,
+                                http_client=http_client(openai, "auto", 60.0))
     tools: Any = [{"type": "function", "function": {
         "name": "burn", "description": "Spend 50 ms of CPU on the item.",
         "parameters": {"type": "object", "properties": {}}}}]

@@ -39,6 +39,7 @@ from typing import Any
 from llmspell import Runtime
 from llmspell.actors.agent_actor import AgentHandle, HostSetup, spawn_host
 from llmspell.agents import AgentSpec
+from llmspell.llm.http import http_client
 from llmspell.runtime.messages import new_id
 from llmspell.runtime.state_client import StateClient
 from llmspell.supervisors.workflows import MapReduce, Parallel
@@ -82,7 +83,8 @@ async def _bare_sdk(server_url: str, calls: int, concurrency: int, then: int = 0
     """The makespan of `calls` SDK calls, `concurrency` at a time, then `then` more calls."""
     import openai
 
-    client = openai.AsyncOpenAI(base_url=server_url, api_key="sk-bench", max_retries=0)
+    client = openai.AsyncOpenAI(base_url=server_url, api_key="sk-bench", max_retries=0,
+                                http_client=http_client(openai, "auto", 60.0))
     gate = asyncio.Semaphore(concurrency)
 
     async def one(i: int) -> None:

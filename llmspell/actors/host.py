@@ -316,6 +316,7 @@ class HostCore:
             slot.mailbox.close(reason)
         tasks = [s.consumer for s in self.slots.values() if s.consumer is not None]
         await asyncio.gather(*tasks, return_exceptions=True)
+        await self.env.providers.aclose()
 
 
 class LocalAgent:

@@ -27,6 +27,7 @@ import jinja2.sandbox
 import structlog
 
 from llmspell.actors.agent_actor import AgentHandle
+from llmspell.agents.env import AgentEnv
 from llmspell.agents.result import RunResult, RunStatus
 from llmspell.runtime.cancel import CancelToken
 from llmspell.runtime.eventlog import EventLog
@@ -82,6 +83,7 @@ class JobRun:
         self.parts = Assembly(spec, runtime, self.job_id)
         self.ctx: ToolContext | None = None
         self.root: Step | None = None
+        self.env: AgentEnv | None = None
         self.log = log.bind(job_id=self.job_id, job=spec.name)
         self._closed = False
 
@@ -102,7 +104,8 @@ class JobRun:
         self.parts.start_pools()
         self.parts.start_hosts()
         await self.parts.wait_ready()
-        self.root = self.parts.root(self.parts.env(self.ctx))
+        self.env = self.parts.env(self.ctx)
+        self.root = self.parts.root(self.env)
         self.log.info("job started", agents=len(self.parts.handles), pools=len(self.parts.pools))
 
     def publish(self, topic: str, payload: dict[str, Any]) -> None:
@@ -197,6 +200,8 @@ class JobRun:
         for pool in self.parts.pools.values():
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(pool.ref.stop("job ended"), 30)
+        if self.env is not None:
+            await self.env.providers.aclose()
         killed = self.runtime.kill_job(self.job_id)
         await self.runtime.node.flush()
         self.log.info("job closed", killed=killed)

@@ -19,6 +19,7 @@ from llmspell.llm.errors import (
     LLMError,
     StreamInterrupted,
 )
+from llmspell.llm.http import HttpKind, LoopClients, http_client
 from llmspell.llm.provider import map_sdk_error, stamp_latency
 from llmspell.llm.tokens import count_tokens
 from llmspell.llm.types import (
@@ -47,12 +48,21 @@ class AnthropicProvider:
         api_key: str | None = None,
         base_url: str | None = None,
         timeout: float = 60.0,
+        http: HttpKind = "auto",
         client: anthropic.AsyncAnthropic | None = None,
     ) -> None:
+        """`client`: a ready SDK client, used as given on every loop and never closed here."""
         self.name = name
-        self.client = client or anthropic.AsyncAnthropic(
-            api_key=api_key or "unset", base_url=base_url, timeout=timeout, max_retries=0
-        )
+        self._given = client
+        self._clients = LoopClients(lambda: anthropic.AsyncAnthropic(
+            api_key=api_key or "unset", base_url=base_url, timeout=timeout, max_retries=0,
+            http_client=http_client(anthropic, http, timeout)))
+
+    async def client(self) -> anthropic.AsyncAnthropic:
+        return self._given or await self._clients.get()
+
+    async def aclose(self) -> None:
+        await self._clients.aclose()
 
     def count_tokens(self, messages: list[Message], model: str) -> int:
         return count_tokens(messages, model)
@@ -60,7 +70,8 @@ class AnthropicProvider:
     async def complete(self, request: LLMRequest) -> Response:
         started = time.perf_counter()
         try:
-            raw = await self.client.messages.create(**self._args(request))
+            client = await self.client()
+            raw = await client.messages.create(**self._args(request))
             response = self._from_message(raw.model_dump(), request)
         except Exception as exc:
             raise map_anthropic_error(exc, self.name, request.model) from exc
@@ -75,7 +86,8 @@ class AnthropicProvider:
             raise map_anthropic_error(exc, self.name, request.model) from exc
 
     async def _stream(self, request: LLMRequest) -> AsyncIterator[Chunk]:
-        stream = await self.client.messages.create(**self._args(request), stream=True)
+        client = await self.client()
+        stream = await client.messages.create(**self._args(request), stream=True)
         blocks: dict[int, dict[str, Any]] = {}
         message: dict[str, Any] = {}
         stop_reason: str | None = None

@@ -21,6 +21,7 @@ from llmspell.llm.errors import (
     MalformedResponse,
     StreamInterrupted,
 )
+from llmspell.llm.http import HttpKind, LoopClients, http_client
 from llmspell.llm.provider import map_sdk_error, stamp_latency
 from llmspell.llm.tokens import count_tokens
 from llmspell.llm.types import (
@@ -65,13 +66,22 @@ class OpenAIProvider:
         api_key: str | None = None,
         base_url: str | None = None,
         timeout: float = 60.0,
+        http: HttpKind = "auto",
         client: openai.AsyncOpenAI | None = None,
     ) -> None:
+        """`client`: a ready SDK client, used as given on every loop and never closed here."""
         self.name = name
         self.api: Api = api
-        self.client = client or openai.AsyncOpenAI(
-            api_key=api_key or "unset", base_url=base_url, timeout=timeout, max_retries=0
-        )
+        self._given = client
+        self._clients = LoopClients(lambda: openai.AsyncOpenAI(
+            api_key=api_key or "unset", base_url=base_url, timeout=timeout, max_retries=0,
+            http_client=http_client(openai, http, timeout)))
+
+    async def client(self) -> openai.AsyncOpenAI:
+        return self._given or await self._clients.get()
+
+    async def aclose(self) -> None:
+        await self._clients.aclose()
 
     def count_tokens(self, messages: list[Message], model: str) -> int:
         return count_tokens(messages, model)
@@ -83,7 +93,8 @@ class OpenAIProvider:
                 raw = await self._chat_post(self._chat_args(request))
                 response = self._from_chat(raw, request)
             else:
-                raw_r = await self.client.responses.create(**self._responses_args(request))
+                client = await self.client()
+                raw_r = await client.responses.create(**self._responses_args(request))
                 response = self._from_responses(raw_r.model_dump(), request)
         except Exception as exc:
             raise map_openai_error(exc, self.name, request.model) from exc
@@ -150,7 +161,7 @@ class OpenAIProvider:
         if "timeout" in body:
             options["timeout"] = body.pop("timeout")
         stream = bool(body.get("stream"))
-        return await self.client.post(
+        return await (await self.client()).post(
             "/chat/completions", body=body, options=options,  # type: ignore[call-overload]
             cast_to=ChatCompletion, stream=stream,
             stream_cls=openai.AsyncStream[ChatCompletionChunk])
@@ -244,7 +255,7 @@ class OpenAIProvider:
         )
 
     async def _stream_responses(self, request: LLMRequest) -> AsyncIterator[Chunk]:
-        stream = await self.client.responses.create(**self._responses_args(request,
+        stream = await (await self.client()).responses.create(**self._responses_args(request,
                                                                            stream=True))
         final: dict[str, Any] | None = None
         async for event in stream:

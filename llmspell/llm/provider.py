@@ -83,7 +83,7 @@ def map_sdk_error(exc: Exception, sdk: ModuleType, provider: str, model: str) ->
     names and error body shape) into an LLMError that says whether to retry."""
     if isinstance(exc, LLMError):
         return exc
-    if isinstance(exc, sdk.APITimeoutError):
+    if isinstance(exc, sdk.APITimeoutError) and not _connection_lost(exc):
         return LLMTimeout(provider, model, "request timed out")
     if isinstance(exc, sdk.APIConnectionError):
         return LLMConnectionError(provider, model, f"connection failed: {exc}")
@@ -93,6 +93,21 @@ def map_sdk_error(exc: Exception, sdk: ModuleType, provider: str, model: str) ->
     if isinstance(exc, (json.JSONDecodeError, sdk.APIResponseValidationError)):
         return MalformedResponse(provider, model, f"malformed response: {exc}")
     return LLMConnectionError(provider, model, f"{type(exc).__name__}: {exc}")
+
+
+def _connection_lost(exc: BaseException) -> bool:
+    """Whether an SDK "timeout" is really a connection the server closed: the SDKs' aiohttp
+    transport reports every aiohttp connection error as a timeout."""
+    import aiohttp
+
+    cause, seen = exc.__cause__ or exc.__context__, set()
+    while cause is not None and id(cause) not in seen:
+        if isinstance(cause, aiohttp.ClientConnectionError) and \
+                not isinstance(cause, TimeoutError):
+            return True
+        seen.add(id(cause))
+        cause = cause.__cause__ or cause.__context__
+    return False
 
 
 def _status_message(exc: Any) -> str:

@@ -17,6 +17,7 @@ from collections.abc import Callable
 
 from pydantic import BaseModel, SecretStr
 
+from llmspell.llm.http import HttpKind
 from llmspell.llm.provider import Provider
 from llmspell.runtime.errors import LlmspellError
 from llmspell.runtime.logs import add_secret
@@ -31,6 +32,8 @@ class ProviderSettings(BaseModel):
     api_key_env: str | None = None  # the environment variable holding the key, if not the usual
     base_url: str | None = None
     timeout: float = 60.0
+    # the SDK's HTTP transport; "auto": aiohttp (less CPU per call), httpx behind a proxy
+    http: HttpKind = "auto"
     requests_per_minute: int | None = None
     tokens_per_minute: int | None = None
     scenario: str | None = None  # scripted: a scenario file (YAML or JSON) to answer from
@@ -64,7 +67,7 @@ def _openai(api: str, name: str) -> Factory:
         return OpenAIProvider(name=name, api="chat" if api == "chat" else "responses",
                               api_key=_secret(settings, "OPENAI_API_KEY"),
                               base_url=settings.base_url or os.environ.get("OPENAI_BASE_URL"),
-                              timeout=settings.timeout)
+                              timeout=settings.timeout, http=settings.http)
 
     return make
 
@@ -74,7 +77,7 @@ def _anthropic(settings: ProviderSettings) -> Provider:
 
     return AnthropicProvider(api_key=_secret(settings, "ANTHROPIC_API_KEY"),
                              base_url=settings.base_url or os.environ.get("ANTHROPIC_BASE_URL"),
-                             timeout=settings.timeout)
+                             timeout=settings.timeout, http=settings.http)
 
 
 def _local(settings: ProviderSettings) -> Provider:
@@ -85,6 +88,7 @@ def _local(settings: ProviderSettings) -> Provider:
         raise LlmspellError("provider 'local' needs a server: set LLMSPELL_LOCAL_LLM_URL "
                             "(e.g. http://127.0.0.1:8765/v1) or its base_url")
     return OpenAIProvider(name="local", api="chat", base_url=url, timeout=settings.timeout,
+                          http=settings.http,
                           api_key=_secret(settings, "LLMSPELL_LOCAL_LLM_KEY") or "local")
 
 
@@ -137,6 +141,13 @@ class ProviderRegistry:
                                       f"{', '.join(self.names())}")
             provider = self._instances[name] = factory(self.settings_for(name))
         return provider
+
+    async def aclose(self) -> None:
+        """Close the providers' clients of the running loop (those that hold any)."""
+        for provider in self._instances.values():
+            close = getattr(provider, "aclose", None)
+            if close is not None:
+                await close()
 
     def resolve(self, model: str) -> tuple[Provider, str]:
         """The provider and the provider's own model name of a 'provider:model' string."""

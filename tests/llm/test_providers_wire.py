@@ -7,6 +7,7 @@ import pytest
 from llmspell.llm.anthropic_provider import AnthropicProvider
 from llmspell.llm.client import LLM, ModelConfig
 from llmspell.llm.errors import StreamInterrupted
+from llmspell.llm.http import HttpKind
 from llmspell.llm.openai_provider import OpenAIProvider
 from llmspell.llm.registry import ProviderRegistry
 from llmspell.llm.server import LocalLLMServer
@@ -24,21 +25,22 @@ TOOLS = [ToolSpec(name="get_weather", parameters={
     "type": "object", "properties": {"city": {"type": "string"}}})]
 
 
-def llm_for(server: LocalLLMServer) -> LLM:
+def llm_for(server: LocalLLMServer, http: HttpKind = "auto") -> LLM:
     registry = ProviderRegistry()
-    registry.register("chat", OpenAIProvider(name="chat", api="chat", api_key="k",
+    registry.register("chat", OpenAIProvider(name="chat", api="chat", api_key="k", http=http,
                                              base_url=server.openai_base_url))
     registry.register("resp", OpenAIProvider(name="resp", api="responses", api_key="k",
-                                             base_url=server.openai_base_url))
-    registry.register("claude", AnthropicProvider(api_key="k",
+                                             http=http, base_url=server.openai_base_url))
+    registry.register("claude", AnthropicProvider(api_key="k", http=http,
                                                   base_url=server.anthropic_base_url))
     return LLM(registry=registry)
 
 
+@pytest.mark.parametrize("http", ["aiohttp", "httpx"])
 @pytest.mark.parametrize("model", ["chat:m", "resp:m", "claude:m"])
-async def test_text_stream_and_parallel_tool_calls(model: str) -> None:
+async def test_text_stream_and_parallel_tool_calls(model: str, http: HttpKind) -> None:
     with LocalLLMServer(SCENARIO) as server:
-        llm = llm_for(server)
+        llm = llm_for(server, http)
         answer = await llm.complete(model, [Message.user("hello there")])
         assert answer.text == "echo: hello there" and answer.usage.input_tokens > 0
         chunks = [c async for c in llm.stream(model, [Message.user("stream me")])]
