@@ -4,7 +4,9 @@
     python -m benchmarks.patterns --json     # one JSON object with the figures of issue 5
 
 With the event log, checkpoints and built-in hooks on, and the local LLM server (in a process
-of its own) answering each call after 50 ms:
+of its own) answering each call 50 ms after it arrived (its own work counts inside the 50 ms, as
+a real API's does). Every client here, ours and the references', uses the SDK's default
+transport of llmspell (`llmspell.llm.http`: aiohttp with no proxy set):
 
 - MapReduce and Parallel makespans against their ideal (benchmarks/patterns_workflows.py).
 - Restart: an agent host under a supervisor is killed; from its death to its first answer after
