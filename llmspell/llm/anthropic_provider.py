@@ -51,18 +51,14 @@ class AnthropicProvider:
         http: HttpKind = "auto",
         client: anthropic.AsyncAnthropic | None = None,
     ) -> None:
-        """`client`: a ready SDK client, used as given on every loop and never closed here."""
         self.name = name
-        self._given = client
-        self._clients = LoopClients(lambda: anthropic.AsyncAnthropic(
+        # `client`: a ready SDK client, used on every loop as it is, and closed by its owner
+        self.clients = LoopClients(lambda: anthropic.AsyncAnthropic(
             api_key=api_key or "unset", base_url=base_url, timeout=timeout, max_retries=0,
-            http_client=http_client(anthropic, http, timeout)))
-
-    async def client(self) -> anthropic.AsyncAnthropic:
-        return self._given or await self._clients.get()
+            http_client=http_client(anthropic, http, timeout)), given=client)
 
     async def aclose(self) -> None:
-        await self._clients.aclose()
+        await self.clients.aclose()
 
     def count_tokens(self, messages: list[Message], model: str) -> int:
         return count_tokens(messages, model)
@@ -70,7 +66,7 @@ class AnthropicProvider:
     async def complete(self, request: LLMRequest) -> Response:
         started = time.perf_counter()
         try:
-            client = await self.client()
+            client = await self.clients.get()
             raw = await client.messages.create(**self._args(request))
             response = self._from_message(raw.model_dump(), request)
         except Exception as exc:
@@ -86,7 +82,7 @@ class AnthropicProvider:
             raise map_anthropic_error(exc, self.name, request.model) from exc
 
     async def _stream(self, request: LLMRequest) -> AsyncIterator[Chunk]:
-        client = await self.client()
+        client = await self.clients.get()
         stream = await client.messages.create(**self._args(request), stream=True)
         blocks: dict[int, dict[str, Any]] = {}
         message: dict[str, Any] = {}

@@ -54,14 +54,18 @@ _CLOSING: set[asyncio.Task[None]] = set()
 
 class LoopClients(Generic[C]):
     """One client per running event loop, made on first use, closed by `aclose`, by its loop's
-    shutdown, or soon after this object is dropped."""
+    shutdown, or soon after this object is dropped. A `given` client is used as it is on every
+    loop and never closed here: its owner closes it."""
 
-    def __init__(self, make: Callable[[], C]) -> None:
+    def __init__(self, make: Callable[[], C], given: C | None = None) -> None:
         self._make = make
+        self._given = given
         self._clients: Clients = {}
         weakref.finalize(self, _close_all, self._clients)
 
     async def get(self) -> C:
+        if self._given is not None:
+            return self._given
         loop = asyncio.get_running_loop()
         entry = self._clients.get(loop)
         if entry is None:

@@ -69,19 +69,15 @@ class OpenAIProvider:
         http: HttpKind = "auto",
         client: openai.AsyncOpenAI | None = None,
     ) -> None:
-        """`client`: a ready SDK client, used as given on every loop and never closed here."""
         self.name = name
         self.api: Api = api
-        self._given = client
-        self._clients = LoopClients(lambda: openai.AsyncOpenAI(
+        # `client`: a ready SDK client, used on every loop as it is, and closed by its owner
+        self.clients = LoopClients(lambda: openai.AsyncOpenAI(
             api_key=api_key or "unset", base_url=base_url, timeout=timeout, max_retries=0,
-            http_client=http_client(openai, http, timeout)))
-
-    async def client(self) -> openai.AsyncOpenAI:
-        return self._given or await self._clients.get()
+            http_client=http_client(openai, http, timeout)), given=client)
 
     async def aclose(self) -> None:
-        await self._clients.aclose()
+        await self.clients.aclose()
 
     def count_tokens(self, messages: list[Message], model: str) -> int:
         return count_tokens(messages, model)
@@ -93,7 +89,7 @@ class OpenAIProvider:
                 raw = await self._chat_post(self._chat_args(request))
                 response = self._from_chat(raw, request)
             else:
-                client = await self.client()
+                client = await self.clients.get()
                 raw_r = await client.responses.create(**self._responses_args(request))
                 response = self._from_responses(raw_r.model_dump(), request)
         except Exception as exc:
@@ -161,7 +157,8 @@ class OpenAIProvider:
         if "timeout" in body:
             options["timeout"] = body.pop("timeout")
         stream = bool(body.get("stream"))
-        return await (await self.client()).post(
+        client = await self.clients.get()
+        return await client.post(
             "/chat/completions", body=body, options=options,  # type: ignore[call-overload]
             cast_to=ChatCompletion, stream=stream,
             stream_cls=openai.AsyncStream[ChatCompletionChunk])
@@ -255,8 +252,8 @@ class OpenAIProvider:
         )
 
     async def _stream_responses(self, request: LLMRequest) -> AsyncIterator[Chunk]:
-        stream = await (await self.client()).responses.create(**self._responses_args(request,
-                                                                           stream=True))
+        client = await self.clients.get()
+        stream = await client.responses.create(**self._responses_args(request, stream=True))
         final: dict[str, Any] | None = None
         async for event in stream:
             kind = getattr(event, "type", "")

@@ -90,12 +90,12 @@ async def test_a_provider_closes_its_aiohttp_session_and_opens_a_new_one_after()
         provider = registry.get("local")
         assert isinstance(provider, OpenAIProvider)
         request = LLMRequest(model="m", messages=[Message.user("hi")])
-        first = await provider.client()
+        first = await provider.clients.get()
         assert (await provider.complete(request)).text == "echo: hi"
         await registry.aclose()
         assert first.is_closed()
         assert (await provider.complete(request)).text == "echo: hi"
-        assert (await provider.client()) is not first
+        assert (await provider.clients.get()) is not first
         await registry.aclose()
 
 
