@@ -20,7 +20,7 @@ from pydantic import BaseModel, SecretStr
 from llmspell.llm.http import HttpKind
 from llmspell.llm.provider import Provider
 from llmspell.runtime.errors import LlmspellError
-from llmspell.runtime.logs import add_secret
+from llmspell.runtime.logs import add_secret, get_logger
 
 Factory = Callable[["ProviderSettings"], Provider]
 
@@ -143,11 +143,16 @@ class ProviderRegistry:
         return provider
 
     async def aclose(self) -> None:
-        """Close the providers' clients of the running loop (those that hold any)."""
-        for provider in self._instances.values():
+        """Close the providers' clients of the running loop (those that hold any). A provider
+        that fails to close is logged and the others are still closed."""
+        for name, provider in self._instances.items():
             close = getattr(provider, "aclose", None)
-            if close is not None:
-                await close()
+            try:
+                if close is not None:
+                    await close()
+            except Exception as exc:
+                get_logger(component="providers").warning(
+                    "provider did not close cleanly", provider=name, error=repr(exc))
 
     def resolve(self, model: str) -> tuple[Provider, str]:
         """The provider and the provider's own model name of a 'provider:model' string."""

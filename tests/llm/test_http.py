@@ -112,3 +112,34 @@ async def test_a_slow_answer_is_a_timeout_and_a_dropped_one_a_lost_connection(
         with pytest.raises(LLMConnectionError):
             await provider.complete(LLMRequest(model="m", messages=[Message.user("drop")]))
         await provider.aclose()
+
+
+class Closing:
+    """A provider (the protocol's four members) whose close fails or succeeds."""
+
+    def __init__(self, name: str, fails: bool) -> None:
+        self.name, self.fails, self.closed = name, fails, False
+
+    async def complete(self, request: LLMRequest) -> Any:
+        raise NotImplementedError
+
+    def stream(self, request: LLMRequest) -> Any:
+        raise NotImplementedError
+
+    def count_tokens(self, messages: list[Message], model: str) -> int:
+        return 0
+
+    async def aclose(self) -> None:
+        if self.fails:
+            raise RuntimeError("close failed")
+        self.closed = True
+
+
+async def test_a_provider_that_fails_to_close_does_not_keep_the_others_open() -> None:
+    registry = ProviderRegistry()
+    bad, good = Closing("bad", fails=True), Closing("good", fails=False)
+    registry.register("bad", bad)
+    registry.register("good", good)
+    registry.get("bad"), registry.get("good")
+    await registry.aclose()  # logs the failure, raises nothing
+    assert good.closed and not bad.closed
