@@ -3,9 +3,9 @@ against their ideal, with the local LLM server answering each call after 50 ms.
 
     python -m benchmarks.patterns_workflows          # its own server and Ray; prints JSON
 
-As a user would run them: agents in an actor (one host carrying them all), the workflow in the
-driver, its events in the job's event log, its steps checkpointed in the state service, and the
-built-in logging, metrics and usage hooks installed on the agents.
+As a user would run them: agents in actors (packed onto hosts as a job spec packs them by
+default), the workflow in the driver, its events in the job's event log, its steps checkpointed
+in the state service, and the built-in logging, metrics and usage hooks installed on the agents.
 
 - `measure_mapreduce`: 200 items over 8 agents (a worker pool of 8), one model call per item,
   then one reduce call. Ideal: ceil(200 / 8) x 50 ms + 50 ms.
@@ -42,6 +42,7 @@ from typing import Any
 from llmspell import Runtime
 from llmspell.actors.agent_actor import AgentHandle, HostSetup, spawn_host
 from llmspell.agents import AgentSpec
+from llmspell.jobs.spec import HostsSpec
 from llmspell.llm.http import http_client
 from llmspell.runtime.messages import new_id
 from llmspell.runtime.state_client import StateClient
@@ -57,14 +58,18 @@ HOOKS = [{"name": "logging"}, {"name": "metrics"}, {"name": "usage"}]
 
 def _host(runtime: Runtime, job: str, server_url: str, names: Sequence[str]
           ) -> list[AgentHandle]:
-    """`server_url` is the OpenAI base URL of the local LLM server (ending in /v1)."""
+    """The agents, packed onto hosts as a job spec packs them by default (`agents_per_host`,
+    64): 9 agents share one host, 200 get four. `server_url` is the OpenAI base URL of the
+    local LLM server (ending in /v1)."""
     specs = [AgentSpec.model_validate({"name": n, "model": "openai-chat:m", "stream": False,
                                        "memory": {"kind": "window", "max_messages": 4}})
              for n in names]
     providers: dict[str, Any] = {"openai-chat": {"base_url": server_url,
                                                  "api_key": "sk-bench"}}
-    return spawn_host(runtime, "agents", HostSetup(specs, providers=providers,
-                                                   hook_specs=HOOKS), job_id=job)
+    size = HostsSpec().agents_per_host
+    return [handle for i in range(0, len(specs), size)
+            for handle in spawn_host(runtime, f"agents-{i // size}", HostSetup(
+                specs[i:i + size], providers=providers, hook_specs=HOOKS), job_id=job)]
 
 
 def _ctx(runtime: Runtime, job: str) -> ToolContext:
