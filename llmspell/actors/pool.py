@@ -304,6 +304,11 @@ class PoolRouter(ActorBase):
         for rid, handle in list(self._handles.items()):
             self._kill(rid, handle)
 
+    async def flush(self) -> None:
+        """The router's own events, and its replicas' (the calls they handled)."""
+        await asyncio.gather(*(self._flush(h) for h in self._handles.values()))
+        await super().flush()
+
     @staticmethod
     async def _flush(handle: Any) -> None:
         with contextlib.suppress(Exception):  # a dead or hung replica has nothing to give
@@ -828,7 +833,8 @@ class ToolPoolRef:
             await asyncio.sleep(0.05)
 
     async def flush(self) -> None:
-        """Wait until the router's events (pool.scaled, ...) have left its process."""
+        """Wait until the pool's events (pool.scaled, the replicas' handled calls) have left
+        its processes."""
         await self.ref.flush()
 
     async def stop(self) -> None:

@@ -188,11 +188,7 @@ class JobRun:
         if self._closed:
             return
         self._closed = True
-        # By address: a host that is gone (a crashed job) is not looked up, and neither is a
-        # remote (A2A) agent, which has no host here.
-        for host in {h.host for h in self.parts.handles.values() if isinstance(h, AgentHandle)}:
-            with contextlib.suppress(Exception):  # a host that is gone has nothing to flush
-                await asyncio.wait_for(self.runtime.lookup(host).flush(), 10)
+        await self._flush_hosts()
         if self.parts.supervisor:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.runtime.lookup(self.parts.supervisor).stop(
@@ -205,6 +201,23 @@ class JobRun:
         killed = self.runtime.kill_job(self.job_id)
         await self.runtime.node.flush()
         self.log.info("job closed", killed=killed)
+
+    async def flush(self) -> None:
+        """Send every event the job's hosts, pools and this driver hold to the event log, so
+        that a replay sees all that happened so far (each process batches its events for a
+        fraction of a second)."""
+        await self._flush_hosts()
+        for pool in self.parts.pools.values():
+            with contextlib.suppress(Exception):  # a pool that is gone has nothing to flush
+                await asyncio.wait_for(pool.flush(), 10)
+        await self.runtime.node.flush()
+
+    async def _flush_hosts(self) -> None:
+        # By address: a host that is gone (a crashed job) is not looked up, and neither is a
+        # remote (A2A) agent, which has no host here.
+        for host in {h.host for h in self.parts.handles.values() if isinstance(h, AgentHandle)}:
+            with contextlib.suppress(Exception):  # a host that is gone has nothing to flush
+                await asyncio.wait_for(self.runtime.lookup(host).flush(), 10)
 
     async def _replay(self, from_seq: int, pattern: str) -> list[Event]:
         return await self.runtime.replay(self.job_id, from_seq, pattern)

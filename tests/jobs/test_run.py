@@ -56,6 +56,25 @@ async def test_the_demo_job_delegates_uses_the_pool_and_votes(
     assert not [n for n in await _alive(runtime) if n.startswith(f"{job_id}/")]
 
 
+async def test_a_flushed_job_replays_every_event_of_its_hosts_and_pool_before_it_closes(
+        runtime: Runtime, job_id: str, demo_server: LocalLLMServer) -> None:
+    from llmspell.jobs.runner import JobRun
+
+    job = JobRun(demo_spec(local_url=demo_server.openai_base_url), runtime, job_id=job_id)
+    try:
+        await job.start(save=False)
+        result = await job.execute()
+        assert result.status == JobStatus.completed, result.reason
+        await job.flush()  # the events still batched in the hosts and the pool's replicas
+        events = await runtime.replay(job_id)
+        assert [e for e in events if e.topic == "agent.tool.result"]  # from a host
+        assert [e for e in events if e.topic == "actor.message.handled"  # from a replica
+                and e.sender.startswith(f"{job_id}/compute/replica-")]
+        assert "job.completed" in [e.topic for e in events]  # from this driver
+    finally:
+        await job.close()
+
+
 async def _alive(runtime: Runtime) -> list[str]:
     import ray
 

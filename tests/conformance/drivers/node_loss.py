@@ -111,7 +111,7 @@ async def main(tmp: str) -> dict[str, Any]:
             report["outputs"] = [c.output for c in result.run.children] if result.run else []
             report["stats"] = await job.parts.pools["compute"].stats()
             report["after"] = placed(job.job_id)
-            await job.parts.pools["compute"].flush()
+            await job.flush()  # the host's and the pool's batched events, into the log
             events = await rt.replay(job.job_id)
             report["tool_results"] = [e.payload for e in events
                                       if e.topic == "agent.tool.result"]
