@@ -121,10 +121,10 @@ class Closing:
         self.name, self.fails, self.closed = name, fails, False
 
     async def complete(self, request: LLMRequest) -> Any:
-        raise NotImplementedError
+        raise AssertionError("only closed in these tests, never called")
 
     def stream(self, request: LLMRequest) -> Any:
-        raise NotImplementedError
+        raise AssertionError("only closed in these tests, never called")
 
     def count_tokens(self, messages: list[Message], model: str) -> int:
         return 0
