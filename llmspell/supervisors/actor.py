@@ -310,6 +310,14 @@ async def ask_supervised(node: Any, address: str, type: str, payload: Any = None
         try:
             return await node.ask(address, type, payload, job_id=job_id, dead_letter=False,
                                   timeout=max(0.1, min(timeout, deadline - time.monotonic())))
+        except ActorNotFound as exc:
+            # Not delivered: the supervisor is between stopping the child and starting its
+            # replacement under the same name. Safe to send once it is back, idempotent or not.
+            try:
+                last_pid = await _back(node, address, deadline)
+            except ActorUnavailable:
+                node.dead_letter(address, type, str(exc), job_id=job_id)
+                raise exc from None
         except ActorUnavailable as exc:
             if not idempotent:
                 error: ChildLost = ChildLost(

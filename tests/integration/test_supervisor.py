@@ -177,3 +177,33 @@ async def test_an_ask_in_flight_when_its_child_dies(runtime: Runtime, job_id: st
     with pytest.raises(ChildLost, match="not resent because the ask is not idempotent"):
         await hang
     assert (await get(runtime, address))["count"] == 5  # the idempotent read came back
+
+
+async def test_an_ask_to_a_child_being_replaced_waits_for_its_replacement(
+        runtime: Runtime, job_id: str) -> None:
+    """Between a child's death and its replacement the name is unknown: the ask was never
+    delivered, so it waits and goes to the replacement, idempotent or not."""
+    address = f"{job_id}/late"
+
+    async def start_later() -> None:
+        await asyncio.sleep(0.5)
+        runtime.spawn(Worker, "late", job_id=job_id)
+
+    starter = asyncio.ensure_future(start_later())
+    reply = await ask_supervised(runtime.node, address, "add", 2, idempotent=False)
+    await starter
+    assert reply == 2
+
+
+async def test_an_ask_to_a_child_that_never_comes_back_fails_naming_it(
+        runtime: Runtime, job_id: str) -> None:
+    address = f"{job_id}/never"
+    with pytest.raises(ActorNotFound, match="never"):
+        await ask_supervised(runtime.node, address, "get", idempotent=True, timeout=0.5,
+                             restart_wait=0.5, job_id=job_id)
+
+    async def letters() -> list[Event]:
+        await runtime.node.flush()
+        return await events(runtime, job_id, "deadletter")
+
+    assert [e.payload["recipient"] for e in await until(letters)] == [address]
