@@ -246,7 +246,8 @@ class ActorBase:
         })
 
     async def ping(self) -> dict[str, Any]:
-        await self._ensure_started()
+        if not self.config.extra.get("standby"):
+            await self._ensure_started()
         stats = self.mailbox.stats
         return {
             "address": self.address, "job_id": self.job_id, "pid": os.getpid(),
@@ -258,12 +259,23 @@ class ActorBase:
             },
         }
 
+    async def promote(self) -> dict[str, Any]:
+        """A warm standby takes over its address: it restores the last snapshot (as any
+        replacement does) and starts. Until then it only answers pings, unstarted."""
+        self.config.extra["standby"] = False
+        return await self.ping()
+
     async def stop(self, reason: str = "stopped") -> int:
         """Stop gracefully: refuse new messages, finish the current ones, save a snapshot,
         call on_stop. Messages still queued become dead letters. Returns how many."""
         if self._stopping:
             return 0
         self._stopping = True
+        if self.config.extra.get("standby"):
+            # A spare never started: it has no messages and must not write a snapshot over
+            # the one of the child it stands by for.
+            await self.node.close()
+            return 0
         await self._ensure_started()
         dropped = self.mailbox.close(reason)
         await asyncio.gather(*self._consumers, return_exceptions=True)

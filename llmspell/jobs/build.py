@@ -202,7 +202,8 @@ class Assembly:
         address = f"{self.job_id}/{SUPERVISOR}"
         where = {a.name: f"{address}.{host}" for host, agents in plan.items() for a in agents}
         sup = self.spec.supervision
-        starts = [ChildStart({"name": host, "deadline_s": sup.deadline_s}, AgentHost,
+        starts = [ChildStart({"name": host, "deadline_s": sup.deadline_s,
+                              "standby": sup.standby}, AgentHost,
                              self.host_setup(agents, where),
                              options={"concurrency": 256, "num_cpus": self.spec.hosts.num_cpus})
                   for host, agents in plan.items()]

@@ -155,6 +155,9 @@ class SupervisionSpec(_Strict):
     max_restarts: int = Field(default=3, ge=0)
     within_s: float = Field(default=60.0, gt=0)
     deadline_s: float | None = Field(default=None, gt=0)  # a host silent this long is hung
+    # A spare process per host, set up ahead: a crashed host is replaced without a process
+    # start (see ChildSpec.standby); costs one idle process per host and its resources.
+    standby: bool = False
 
 
 class StateSpec(_Strict):

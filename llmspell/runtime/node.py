@@ -18,6 +18,7 @@ from typing import Any
 import ray
 from ray.exceptions import ActorDiedError, GetTimeoutError, RayActorError, RayTaskError
 
+from llmspell.runtime.aliases import resolve_alias
 from llmspell.runtime.batching import Batcher
 from llmspell.runtime.bus import EventBus
 from llmspell.runtime.errors import (
@@ -100,12 +101,22 @@ class Node:
         """The Ray handle of the actor at `address`; raises ActorNotFound."""
         handle = self._handles.get(address)
         if handle is None:
-            try:
-                handle = ray.get_actor(address, namespace=self.namespace)
-            except ValueError:
-                raise ActorNotFound(address, self.namespace) from None
-            self._handles[address] = handle
+            handle = self._handles[address] = self._lookup(address)
         return handle
+
+    def _lookup(self, address: str) -> Any:
+        try:
+            return ray.get_actor(address, namespace=self.namespace)
+        except ValueError:
+            pass
+        # A warm standby that took over the address serves it under a name of its own.
+        name = resolve_alias(self.namespace, address)
+        if name is not None:
+            try:
+                return ray.get_actor(name, namespace=self.namespace)
+            except ValueError:
+                pass
+        raise ActorNotFound(address, self.namespace) from None
 
     def adopt(self, address: str, handle: Any) -> None:
         """Remember the handle of an actor this process just created (its name may not be

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 import ray
 from ray.exceptions import RayActorError, RayTaskError
 
+from llmspell.runtime.aliases import clear_aliases
 from llmspell.runtime.errors import ActorNotFound, ActorUnavailable, AskTimeout, LlmspellError
 from llmspell.runtime.events import Event, TopicPattern, unpack_events
 from llmspell.runtime.hub import EventHub
@@ -334,6 +335,7 @@ class Runtime:
         # are forgotten too: this driver keeps nothing per actor of a job that is over.
         for address in self.node.known(prefix):
             self.node.forget(address)
+        clear_aliases(self.settings.namespace, prefix)
         return killed
 
     def _remote_class(self, cls: type) -> Any:

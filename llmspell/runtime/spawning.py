@@ -44,10 +44,12 @@ def spawn_actor(
     mailbox_overflow: str | None = None,
     ray_options: Mapping[str, Any] | None = None,
     extra: Mapping[str, Any] | None = None,
+    ray_name: str | None = None,
 ) -> Any:
     """Create an actor of class `cls` (an ActorBase subclass) named `address`; returns its Ray
     handle, which `node` adopts. `ray_options` adds or overrides Ray actor options (resources,
-    scheduling_strategy, max_concurrency...)."""
+    scheduling_strategy, max_concurrency...). `ray_name` names a warm standby, which serves
+    `address` only once its supervisor records an alias (llmspell/runtime/aliases.py)."""
     extra = dict(extra or {})  # ActorConfig.extra: e.g. restore=True for a replacement
     if mailbox_capacity is not None:
         extra["mailbox_capacity"] = mailbox_capacity
@@ -56,7 +58,7 @@ def spawn_actor(
     config = ActorConfig(address=address, job_id=job_id, settings=settings,
                          concurrency=concurrency, snapshot_every=snapshot_every, extra=extra)
     options: dict[str, Any] = {
-        "name": address, "namespace": settings.namespace, "max_restarts": max_restarts,
+        "name": ray_name or address, "namespace": settings.namespace, "max_restarts": max_restarts,
         "num_cpus": num_cpus, "max_concurrency": 1000,
         "lifetime": "detached" if detached else None,
         **(ray_options or {}),
@@ -66,5 +68,5 @@ def spawn_actor(
             config, args, kwargs or {})
     except ValueError as exc:
         raise LlmspellError(f"cannot spawn {address!r}: {exc}") from None
-    node.adopt(address, handle)
+    node.adopt(ray_name or address, handle)
     return handle

@@ -26,6 +26,7 @@ import ray
 from ray.exceptions import RayActorError
 
 from llmspell.actors.base import ActorBase
+from llmspell.runtime.aliases import clear_alias, set_alias
 from llmspell.runtime.errors import ActorError, ActorNotFound, ActorUnavailable, LlmspellError
 from llmspell.runtime.messages import Envelope
 from llmspell.runtime.spawning import spawn_actor
@@ -68,6 +69,10 @@ class SupervisorActor(ActorBase):
         self._health: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
         self._escalated: dict[str, list[str]] = {}  # child supervisor -> its chain of causes
+        self._spares: dict[str, tuple[str, Any]] = {}  # child -> (Ray name, handle), ready
+        self._warming: dict[str, asyncio.Task[None]] = {}
+        self._generation: dict[str, int] = {}
+        self._promoted: set[str] = set()  # children the last restart gave a spare
 
     def address_of(self, child: str) -> str:
         return f"{self.address}.{child}"
@@ -79,24 +84,27 @@ class SupervisorActor(ActorBase):
             self._spawn(name)
         await asyncio.gather(*(self._ready(n) for n in self.core.order))
         self._watch_all()
+        self._warm_all()
 
     async def on_restart(self) -> None:
         """This supervisor was restarted: children still alive are watched again; children
         that went down with it (an escalation) are replaced, restored from their snapshots."""
         for name in self.core.order:
             try:
-                self.handles[name] = ray.get_actor(self.address_of(name),
-                                                   namespace=self.settings.namespace)
-                self.node.adopt(self.address_of(name), self.handles[name])
-            except ValueError:
+                self.handles[name] = self.node.handle(self.address_of(name))
+            except ActorNotFound:
                 await self._respawn(name)
         await asyncio.gather(*(self._ready(n) for n in self.core.order))
         self._watch_all()
+        self._warm_all()
 
     async def on_stop(self) -> None:
         self._stop_watching()
+        self._drop_spares()
         await asyncio.gather(*(self._stop_child(n) for n in reversed(self.core.order)),
                              return_exceptions=True)
+        for name in self.core.order:
+            clear_alias(self.settings.namespace, self.address_of(name))
 
     def _spawn(self, name: str, *, restore: bool = False) -> None:
         start = self.starts[name]
@@ -106,7 +114,11 @@ class SupervisorActor(ActorBase):
             extra={"restore": restore}, **start.options)
 
     async def _respawn(self, name: str, timeout: float = 30.0) -> None:
-        """A replacement under the old name, which Ray frees a moment after the old death."""
+        """A replacement: the warm spare if one is ready, or a fresh actor under the old name,
+        which Ray frees a moment after the old death."""
+        if await self._promote_spare(name, timeout):
+            return
+        clear_alias(self.settings.namespace, self.address_of(name))
         deadline = time.monotonic() + timeout
         while True:
             try:
@@ -116,6 +128,75 @@ class SupervisorActor(ActorBase):
                 if time.monotonic() > deadline:
                     raise
                 await asyncio.sleep(0.02)
+
+    # -- warm standbys -----------------------------------------------------------------------
+
+    def _warm_all(self) -> None:
+        for name, spec in self.core.children.items():
+            if spec.standby:
+                self._warm(name)
+
+    def _warm(self, name: str) -> None:
+        task = self._warming.get(name)
+        if name in self._spares or (task is not None and not task.done()):
+            return
+        self._warming[name] = asyncio.get_running_loop().create_task(
+            self._start_spare(name), name=f"{self.address}:standby:{name}")
+
+    async def _start_spare(self, name: str, timeout: float = 120.0) -> None:
+        """A spare for `name`: the same class and arguments under a name of its own, set up
+        (its code imported) but not started; it restores the snapshot when promoted."""
+        self._generation[name] = generation = self._generation.get(name, 0) + 1
+        ray_name = f"{self.address_of(name)}@{generation}"
+        start = self.starts[name]
+        try:
+            handle = spawn_actor(
+                self.node, start.cls, self.address_of(name), start.args, start.kwargs,
+                job_id=self.job_id, settings=self.settings, max_restarts=0, ray_name=ray_name,
+                extra={"restore": True, "standby": True}, **start.options)
+            await asyncio.wait_for(handle.ping.remote(), timeout)
+        except (LlmspellError, RayActorError, TimeoutError) as exc:
+            # Without a spare, a restart starts a fresh process: slower, not wrong.
+            self.log.warning("standby not started", child=name, error=repr(exc))
+            self._kill_quietly(ray_name)
+            return
+        except asyncio.CancelledError:  # the supervisor stops: no spare outlives it
+            self._kill_quietly(ray_name)
+            raise
+        self._spares[name] = (ray_name, handle)
+
+    async def _promote_spare(self, name: str, timeout: float) -> bool:
+        spare = self._spares.pop(name, None)
+        if spare is None:
+            return False
+        ray_name, handle = spare
+        try:
+            info = await asyncio.wait_for(handle.promote.remote(), timeout)
+        except (RayActorError, TimeoutError) as exc:
+            self.log.warning("standby lost", child=name, error=repr(exc))
+            self._kill_quietly(ray_name)
+            return False
+        address = self.address_of(name)
+        set_alias(self.settings.namespace, address, ray_name)
+        self.node.forget(address)
+        self.node.adopt(address, handle)
+        self.handles[name], self.pids[name] = handle, int(info["pid"])
+        self._promoted.add(name)
+        self._warm(name)  # the next failure finds a spare too
+        return True
+
+    def _drop_spares(self) -> None:
+        for task in self._warming.values():
+            task.cancel()
+        for ray_name, _ in self._spares.values():
+            self._kill_quietly(ray_name)
+        self._spares.clear()
+
+    def _kill_quietly(self, ray_name: str) -> None:
+        self.node.forget(ray_name)
+        with contextlib.suppress(ValueError, RayActorError):
+            ray.kill(ray.get_actor(ray_name, namespace=self.settings.namespace),
+                     no_restart=True)
 
     async def _ready(self, name: str, timeout: float = 60.0) -> None:
         info = await asyncio.wait_for(self.handles[name].ping.remote(), timeout)
@@ -201,6 +282,7 @@ class SupervisorActor(ActorBase):
 
     async def _restart(self, decision: Decision, *, kill_failed: bool) -> None:
         started = time.monotonic()
+        self._promoted.clear()
         self._expected.update(decision.restart)
         try:
             for name in decision.restart:
@@ -220,6 +302,7 @@ class SupervisorActor(ActorBase):
             "supervisor": self.address, "child": decision.child, "restarted": decision.restart,
             "strategy": str(self.core.spec.strategy),
             "pids": {n: self.pids[n] for n in decision.restart},
+            "standby": sorted(self._promoted),
             "elapsed_ms": round((time.monotonic() - started) * 1e3, 1)})
 
     async def _replace(self, name: str, timeout: float = 60.0) -> None:
@@ -232,6 +315,7 @@ class SupervisorActor(ActorBase):
 
     async def _escalate(self, decision: Decision) -> None:
         self._stop_watching()
+        self._drop_spares()
         for name in self.core.order:
             with contextlib.suppress(ValueError, RayActorError):
                 ray.kill(self.handles[name], no_restart=True)
@@ -282,7 +366,8 @@ class SupervisorActor(ActorBase):
         return {"supervisor": self.address, "failed": self.core.failed,
                 "causes": list(self.core.causes),
                 "children": {n: {"address": self.address_of(n), "pid": self.pids.get(n),
-                                 "restarts": self.core.restart_counts[n]}
+                                 "restarts": self.core.restart_counts[n],
+                                 "standby": n in self._spares}
                              for n in self.core.order}}
 
 

@@ -55,6 +55,11 @@ class ChildSpec(BaseModel):
     idempotent: bool = Field(
         default=False, description="asks in flight when it died are sent again after the "
                                    "restart; otherwise they fail with the cause")
+    standby: bool = Field(
+        default=False, description="keep a spare process started (code imported, set up, "
+                                   "not started) that takes over when the child dies: a "
+                                   "restart skips the process start; costs one idle process "
+                                   "and its resources")
 
 
 class SupervisorSpec(BaseModel):

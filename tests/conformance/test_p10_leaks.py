@@ -34,6 +34,7 @@ import ray
 from llmspell import Runtime
 from llmspell.jobs import JobResult, JobRun, JobStatus
 from llmspell.llm.server import LocalLLMServer
+from llmspell.runtime.aliases import aliased
 from llmspell.runtime.messages import new_id
 from tests.conformance.jobs import SCENARIO, actors_of, alive, job_spec
 from tests.waiting import until
@@ -99,8 +100,11 @@ async def drive(runtime: Runtime, server: LocalLLMServer, i: int, fault: str,
         # cancelled. It must not outlive the job either.
         pool = {"min_replicas": 0, "max_replicas": 1,
                 "resources": {"num_cpus": 0.05, "custom": {"conformance-nowhere": 1}}}
+    # Every other job keeps a warm standby of its host: the spare (its own process and CPU
+    # share) and its alias must go with the job too, whether it was promoted or not.
+    supervision = {"standby": True} if i % 2 else {}
     spec = job_spec("leak", server.openai_base_url, model=model, agents=2 if i % 3 else 3,
-                    pool=pool)
+                    pool=pool, supervision=supervision)
     job = JobRun(spec, runtime, job_id=job_id)
     result: JobResult | None = None
     trace(job_id, fault, "start")
@@ -139,7 +143,8 @@ async def inject(runtime: Runtime, job: JobRun, fault: str) -> None:
         runtime.kill_job(job.job_id)
     elif fault in ("kill_host", "kill_replica"):
         part = "supervisor.host" if fault == "kill_host" else "compute/replica-"
-        names = [a["Name"] for a in actors_of(job.job_id) if part in a["Name"]]
+        names = [a["Name"] for a in actors_of(job.job_id)
+                 if part in a["Name"] and "@" not in a["Name"]]  # not a host's idle spare
         # A crash, as the machine would make it: Ray may restart a host (its supervisor wants
         # it back), and the pool replaces a lost replica.
         ray.kill(ray.get_actor(names[0], namespace=ns), no_restart=False)
@@ -181,6 +186,9 @@ async def test_jobs_cancelled_and_crashed_leave_no_actor_file_or_resource(
                       "no actor of the jobs left")
         left = {j: alive(j) for j in job_ids if alive(j)}
         assert not left, left
+        # Nor an alias of a promoted standby (kept in the cluster's KV store).
+        ns = runtime.settings.namespace
+        assert not [a for j in job_ids for a in aliased(ns, f"{j}/")]
 
         total = ray.cluster_resources()
         await settled(lambda: ray.available_resources() == ray.cluster_resources(),

@@ -207,3 +207,112 @@ async def test_an_ask_to_a_child_that_never_comes_back_fails_naming_it(
         return await events(runtime, job_id, "deadletter")
 
     assert [e.payload["recipient"] for e in await until(letters)] == [address]
+
+
+# -- warm standbys ----------------------------------------------------------------------------
+
+def start_standby_tree(runtime: Runtime, job_id: str, strategy: str = "one_for_one") -> str:
+    spec = SupervisorSpec.model_validate({
+        "name": "sup", "strategy": strategy, "intensity": {"max_restarts": 5, "within_s": 60},
+        "children": [{"name": c, "standby": c != "c"} for c in CHILDREN]})
+    starts = [ChildStart(c, Worker, options={"concurrency": 4}) for c in spec.children]
+    return runtime.spawn(SupervisorActor, "sup", spec, starts, job_id=job_id,
+                         concurrency=16).address
+
+
+def crash_current(runtime: Runtime, address: str) -> None:
+    """Kill whatever process serves `address` now (a promoted spare has a name of its own)."""
+    runtime.node.forget(address)
+    ray.kill(runtime.node.handle(address), no_restart=False)
+
+
+async def spare_pid(runtime: Runtime, address: str, generation: int) -> int:
+    async def ready() -> int | None:
+        try:
+            spare = ray.get_actor(f"{address}@{generation}", namespace=runtime.settings.namespace)
+        except ValueError:
+            return None
+        return int((await spare.ping.remote())["pid"])
+
+    pid: int = await until(ready)
+    return pid
+
+
+async def test_a_child_with_a_standby_is_replaced_by_its_spare_with_its_snapshot(
+        runtime: Runtime, job_id: str) -> None:
+    sup = start_standby_tree(runtime, job_id)
+    await runtime.lookup(sup).wait_ready()
+    address = f"{sup}.a"
+    await runtime.ask(address, "add", 7)
+    for generation in (1, 2):  # the first spare takes over, then the one started after it
+        spare = await spare_pid(runtime, address, generation)
+        before = (await get(runtime, address))["pid"]
+        crash_current(runtime, address)
+        reply = await until(lambda b=before: _answer(runtime, address, unless_pid=b))
+        assert reply["pid"] == spare and reply["count"] == 7 + generation - 1
+        await runtime.ask(address, "add", 1)
+    await until(lambda: _has_spare(runtime, sup, "a"))
+    await runtime.lookup(sup).flush()
+    restarted = await events(runtime, job_id, "supervisor.restarted")
+    assert [e.payload["standby"] for e in restarted] == [["a"], ["a"]]
+
+
+async def _has_spare(runtime: Runtime, sup: str, child: str) -> bool:
+    return bool((await status(runtime, sup))["children"][child]["standby"])
+
+
+async def test_one_for_all_promotes_each_spare_and_starts_the_child_without_one_afresh(
+        runtime: Runtime, job_id: str) -> None:
+    sup = start_standby_tree(runtime, job_id, "one_for_all")
+    await runtime.lookup(sup).wait_ready()
+    spares = {c: await spare_pid(runtime, f"{sup}.{c}", 1) for c in ("a", "b")}
+    before = await pids(runtime, sup)
+    crash_current(runtime, f"{sup}.b")
+
+    async def renewed() -> dict[str, int] | None:
+        try:
+            now = await pids(runtime, sup)
+        except ActorNotFound:
+            return None
+        return now if all(now[c] != before[c] for c in CHILDREN) else None
+
+    now = await until(renewed)
+    assert {c: now[c] for c in ("a", "b")} == spares  # "c" has no standby: a fresh process
+
+
+async def test_a_lost_spare_means_a_fresh_restart_and_a_stop_leaves_no_spare_or_alias(
+        runtime: Runtime, job_id: str) -> None:
+    from llmspell.runtime.aliases import resolve_alias
+
+    sup = start_standby_tree(runtime, job_id)
+    await runtime.lookup(sup).wait_ready()
+    ns = runtime.settings.namespace
+    spare = await spare_pid(runtime, f"{sup}.a", 1)
+    ray.kill(ray.get_actor(f"{sup}.a@1", namespace=ns), no_restart=True)  # the spare dies idle
+    before = await pids(runtime, sup)
+    crash_current(runtime, f"{sup}.a")
+    reply = await until(lambda: _answer(runtime, f"{sup}.a", unless_pid=before["a"]))
+    assert reply["pid"] != spare
+    # b's spare takes over; then the tree stops: no spare survives it, no alias is left.
+    spare = await spare_pid(runtime, f"{sup}.b", 1)
+    crash_current(runtime, f"{sup}.b")
+    reply = await until(lambda: _answer(runtime, f"{sup}.b", unless_pid=before["b"]))
+    assert reply["pid"] == spare
+    assert resolve_alias(ns, f"{sup}.b") == f"{sup}.b@1"
+    await until(lambda: _has_spare(runtime, sup, "b"))
+    await runtime.lookup(sup).stop()
+
+    async def no_spares_left() -> bool:
+        return not [n for n in ray.util.list_named_actors() if n.startswith(f"{sup}.")]
+
+    await until(no_spares_left)
+    assert resolve_alias(ns, f"{sup}.b") is None
+
+
+async def _answer(runtime: Runtime, address: str, *, unless_pid: int) -> dict[str, Any] | None:
+    """The child's answer once a process other than `unless_pid` gives it."""
+    try:
+        reply = await get(runtime, address)
+    except ActorNotFound:
+        return None
+    return None if reply["pid"] == unless_pid else reply
