@@ -6,12 +6,12 @@ import pytest
 
 from llmspell.llm.anthropic_provider import AnthropicProvider
 from llmspell.llm.client import LLM, ModelConfig
-from llmspell.llm.errors import StreamInterrupted
+from llmspell.llm.errors import MalformedResponse, StreamInterrupted
 from llmspell.llm.http import HttpKind
 from llmspell.llm.openai_provider import OpenAIProvider
 from llmspell.llm.registry import ProviderRegistry
 from llmspell.llm.server import LocalLLMServer
-from llmspell.llm.types import Message, ToolSpec
+from llmspell.llm.types import LLMRequest, Message, ToolSpec
 
 SCENARIO = {"rules": [
     {"match": {"contains": "weather"}, "reply": {"tool_calls": [
@@ -69,3 +69,40 @@ async def test_a_stream_cut_midway_raises_rather_than_truncates() -> None:
             async for _ in llm.stream(ModelConfig(model="chat:m", max_attempts=1),
                                       [Message.user("cut me off please now")]):
                 pass
+
+
+@pytest.mark.parametrize(("body", "what"), [
+    (b'{"id": "x", "choices": []}', "response has no choices"),
+    (b'{"id": "x", "choices": [{"message": "hello"}]}', "choice has no message"),
+    (b'[1, 2]', "response has no choices"),
+])
+async def test_a_chat_body_of_the_wrong_shape_is_a_malformed_response(body: bytes,
+                                                                     what: str) -> None:
+    """The chat provider reads the JSON body itself (not the SDK's model of it): any shape
+    that is not a chat completion is a clear MalformedResponse, not an AttributeError."""
+    import http.server
+    import threading
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("content-length") or 0))
+            self.send_response(200)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    provider = OpenAIProvider(name="chat", api="chat", api_key="k",
+                              base_url=f"http://127.0.0.1:{httpd.server_address[1]}/v1")
+    try:
+        with pytest.raises(MalformedResponse, match=what):
+            await provider.complete(LLMRequest(model="m", messages=[Message.user("hi")]))
+    finally:
+        await provider.aclose()
+        httpd.shutdown()
+        httpd.server_close()
