@@ -133,6 +133,12 @@ class AgentHost(ActorBase):
     async def on_stop(self) -> None:
         await self.core.close()
 
+    async def on_standby(self) -> None:
+        """The agents' providers (SDK imports, clients): most of a first run's cost."""
+        await self.core.env.providers.warm(
+            model for slot in self.core.slots.values()
+            for model in slot.runner.spec.model_config_.chain)
+
 
 class AgentActor(AgentHost):
     """One agent per actor: its address is the agent's, messages need no agent name."""

@@ -90,6 +90,11 @@ class ActorBase:
     async def on_stop(self) -> None:
         """Called when the actor is stopped gracefully, after its mailbox closed."""
 
+    async def on_standby(self) -> None:
+        """Called once in a warm standby, long before it may take over: load now what the
+        first message would load (SDKs imported on first use, clients). No messages, no
+        snapshot and no effects: the child it stands by for is alive."""
+
     def snapshot(self) -> Any:
         """State to carry across a restart (plain data); None keeps nothing."""
         return None
@@ -258,6 +263,12 @@ class ActorBase:
                 "gaps": stats.gaps, "delivered": stats.delivered,
             },
         }
+
+    async def warm(self) -> dict[str, Any]:
+        """A warm standby's preparation (`on_standby`), then its ping."""
+        if self.config.extra.get("standby"):
+            await self.on_standby()
+        return await self.ping()
 
     async def promote(self) -> dict[str, Any]:
         """A warm standby takes over its address: it restores the last snapshot (as any

@@ -78,6 +78,10 @@ class LoopClients(Generic[C]):
         client_: C = entry[0]
         return client_
 
+    def made(self) -> bool:
+        """Whether the running loop has its client already (a given one counts)."""
+        return self._given is not None or asyncio.get_running_loop() in self._clients
+
     async def aclose(self) -> None:
         """Close the client of the running loop (the others close with their own loops)."""
         entry = self._clients.get(asyncio.get_running_loop())

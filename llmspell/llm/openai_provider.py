@@ -79,6 +79,10 @@ class OpenAIProvider:
     async def aclose(self) -> None:
         await self.clients.aclose()
 
+    async def warm(self) -> None:
+        """This loop's SDK client, made before the first call needs it."""
+        await self.clients.get()
+
     def count_tokens(self, messages: list[Message], model: str) -> int:
         return count_tokens(messages, model)
 

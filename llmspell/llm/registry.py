@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import difflib
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from pydantic import BaseModel, SecretStr
 
@@ -153,6 +153,20 @@ class ProviderRegistry:
             except Exception as exc:
                 get_logger(component="providers").warning(
                     "provider did not close cleanly", provider=name, error=repr(exc))
+
+    async def warm(self, models: Iterable[str]) -> None:
+        """Make the providers of `models` now (importing their SDKs) and their clients for the
+        running loop, so that a first call costs what any call does. What cannot be made is
+        left for that first call to report."""
+        for model in dict.fromkeys(models):
+            try:
+                provider, _ = self.resolve(model)
+                warm = getattr(provider, "warm", None)
+                if warm is not None:
+                    await warm()
+            except Exception as exc:
+                get_logger(component="providers").info(
+                    "provider not warmed", model=model, error=repr(exc))
 
     def resolve(self, model: str) -> tuple[Provider, str]:
         """The provider and the provider's own model name of a 'provider:model' string."""

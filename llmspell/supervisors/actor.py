@@ -154,7 +154,7 @@ class SupervisorActor(ActorBase):
                 self.node, start.cls, self.address_of(name), start.args, start.kwargs,
                 job_id=self.job_id, settings=self.settings, max_restarts=0, ray_name=ray_name,
                 extra={"restore": True, "standby": True}, **start.options)
-            await asyncio.wait_for(handle.ping.remote(), timeout)
+            await asyncio.wait_for(handle.warm.remote(), timeout)
         except (LlmspellError, RayActorError, TimeoutError) as exc:
             # Without a spare, a restart starts a fresh process: slower, not wrong.
             self.log.warning("standby not started", child=name, error=repr(exc))

@@ -244,12 +244,14 @@ async def test_a_child_with_a_standby_is_replaced_by_its_spare_with_its_snapshot
     await runtime.lookup(sup).wait_ready()
     address = f"{sup}.a"
     await runtime.ask(address, "add", 7)
+    assert not await runtime.ask(address, "warmed")  # a child started as itself
     for generation in (1, 2):  # the first spare takes over, then the one started after it
         spare = await spare_pid(runtime, address, generation)
         before = (await get(runtime, address))["pid"]
         crash_current(runtime, address)
         reply = await until(lambda b=before: _answer(runtime, address, unless_pid=b))
         assert reply["pid"] == spare and reply["count"] == 7 + generation - 1
+        assert await runtime.ask(address, "warmed")  # on_standby ran before it took over
         await runtime.ask(address, "add", 1)
     await until(lambda: _has_spare(runtime, sup, "a"))
     await runtime.lookup(sup).flush()

@@ -143,3 +143,18 @@ async def test_a_provider_that_fails_to_close_does_not_keep_the_others_open() ->
     registry.get("bad"), registry.get("good")
     await registry.aclose()  # logs the failure, raises nothing
     assert good.closed and not bad.closed
+
+
+async def test_warming_makes_the_providers_and_their_clients_and_skips_what_it_cannot() -> None:
+    """What a warm standby does before it takes over: the first call then finds the SDK
+    imported and this loop's client made. No request is sent."""
+    with LocalLLMServer() as server:
+        registry = ProviderRegistry({"local": ProviderSettings(base_url=server.openai_base_url)})
+        await registry.warm(["local:m", "local:other", "nowhere:m"])  # the unknown one is left
+        provider = registry.get("local")
+        assert isinstance(provider, OpenAIProvider) and provider.clients.made()
+        assert server.requests == []
+        request = LLMRequest(model="m", messages=[Message.user("hi")])
+        assert (await provider.complete(request)).text == "echo: hi"
+        await registry.aclose()
+        assert not provider.clients.made()
