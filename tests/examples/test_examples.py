@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +17,7 @@ from llmspell.jobs import JobResult, JobSpec, run
 from llmspell.llm.server import LocalLLMServer
 from llmspell.runtime.events import Event
 from llmspell.tools.sandbox import Sandbox
+from tests.loopback import serving
 
 pytestmark = pytest.mark.ray
 
@@ -45,26 +44,14 @@ def pool_runs(events: list[Event], job_id: str, pool: str) -> list[str]:
             and e.payload["type"] == "pool.run" and e.sender.startswith(f"{job_id}/{pool}/")]
 
 
-class _Page(BaseHTTPRequestHandler):
-    def do_GET(self) -> None:
-        body = (b"<html><body><main><h1>Actor model</h1><p>An actor has private state and a "
-                b"mailbox, and handles one message at a time.</p></main></body></html>")
-        self.send_response(200)
-        self.send_header("content-type", "text/html")
-        self.send_header("content-length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args: Any) -> None:
-        pass
+PAGE = (b"<html><body><main><h1>Actor model</h1><p>An actor has private state and a "
+        b"mailbox, and handles one message at a time.</p></main></body></html>")
 
 
 @pytest.fixture
 def page() -> Iterator[str]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Page)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/actors.html"
-    server.shutdown()
+    with serving(PAGE, "text/html") as url:
+        yield f"{url}/actors.html"
 
 
 async def test_research_report_delegates_and_reads_the_source_in_the_web_pool(

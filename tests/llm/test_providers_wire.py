@@ -12,6 +12,7 @@ from llmspell.llm.openai_provider import OpenAIProvider
 from llmspell.llm.registry import ProviderRegistry
 from llmspell.llm.server import LocalLLMServer
 from llmspell.llm.types import LLMRequest, Message, ToolSpec
+from tests.loopback import serving
 
 SCENARIO = {"rules": [
     {"match": {"contains": "weather"}, "reply": {"tool_calls": [
@@ -80,29 +81,10 @@ async def test_a_chat_body_of_the_wrong_shape_is_a_malformed_response(body: byte
                                                                      what: str) -> None:
     """The chat provider reads the JSON body itself (not the SDK's model of it): any shape
     that is not a chat completion is a clear MalformedResponse, not an AttributeError."""
-    import http.server
-    import threading
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            self.rfile.read(int(self.headers.get("content-length") or 0))
-            self.send_response(200)
-            self.send_header("content-type", "application/json")
-            self.send_header("content-length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    provider = OpenAIProvider(name="chat", api="chat", api_key="k",
-                              base_url=f"http://127.0.0.1:{httpd.server_address[1]}/v1")
-    try:
-        with pytest.raises(MalformedResponse, match=what):
-            await provider.complete(LLMRequest(model="m", messages=[Message.user("hi")]))
-    finally:
-        await provider.aclose()
-        httpd.shutdown()
-        httpd.server_close()
+    with serving(body, "application/json") as url:
+        provider = OpenAIProvider(name="chat", api="chat", api_key="k", base_url=f"{url}/v1")
+        try:
+            with pytest.raises(MalformedResponse, match=what):
+                await provider.complete(LLMRequest(model="m", messages=[Message.user("hi")]))
+        finally:
+            await provider.aclose()
