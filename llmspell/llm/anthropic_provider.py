@@ -19,7 +19,7 @@ from llmspell.llm.errors import (
     LLMError,
     StreamInterrupted,
 )
-from llmspell.llm.http import HttpKind, LoopClients, http_client
+from llmspell.llm.http import HttpKind, SDKClients
 from llmspell.llm.provider import map_sdk_error, stamp_latency
 from llmspell.llm.tokens import count_tokens
 from llmspell.llm.types import (
@@ -40,7 +40,7 @@ def map_anthropic_error(exc: Exception, provider: str, model: str) -> LLMError:
     return map_sdk_error(exc, anthropic, provider, model)
 
 
-class AnthropicProvider:
+class AnthropicProvider(SDKClients[anthropic.AsyncAnthropic]):
     def __init__(
         self,
         *,
@@ -52,17 +52,8 @@ class AnthropicProvider:
         client: anthropic.AsyncAnthropic | None = None,
     ) -> None:
         self.name = name
-        # `client`: a ready SDK client, used on every loop as it is, and closed by its owner
-        self.clients = LoopClients(lambda: anthropic.AsyncAnthropic(
-            api_key=api_key or "unset", base_url=base_url, timeout=timeout, max_retries=0,
-            http_client=http_client(anthropic, http, timeout)), given=client)
-
-    async def aclose(self) -> None:
-        await self.clients.aclose()
-
-    async def warm(self) -> None:
-        """This loop's SDK client, made before the first call needs it."""
-        await self.clients.get()
+        self._use_sdk(anthropic, anthropic.AsyncAnthropic, api_key=api_key, base_url=base_url,
+                      timeout=timeout, http=http, given=client)
 
     def count_tokens(self, messages: list[Message], model: str) -> int:
         return count_tokens(messages, model)

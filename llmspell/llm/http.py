@@ -89,6 +89,29 @@ class LoopClients(Generic[C]):
             await entry[1].aclose()
 
 
+class SDKClients(Generic[C]):
+    """What the SDK-backed providers share: one SDK client per loop (`clients`), closed by
+    `aclose`, made ahead of the first call by `warm`."""
+
+    clients: LoopClients[C]
+
+    def _use_sdk(self, sdk: Any, make: Callable[..., C], *, api_key: str | None,
+                 base_url: str | None, timeout: float, http: HttpKind,
+                 given: C | None) -> None:
+        """`make` (the SDK's async client class) with our settings; `given`: a ready client,
+        used on every loop as it is, and closed by its owner."""
+        self.clients = LoopClients(lambda: make(
+            api_key=api_key or "unset", base_url=base_url, timeout=timeout, max_retries=0,
+            http_client=http_client(sdk, http, timeout)), given=given)
+
+    async def aclose(self) -> None:
+        await self.clients.aclose()
+
+    async def warm(self) -> None:
+        """This loop's SDK client, made before the first call needs it."""
+        await self.clients.get()
+
+
 async def _keep(client: Closable, clients: Clients, loop: asyncio.AbstractEventLoop,
                 token: object) -> AsyncGenerator[None, None]:
     """Holds `client` until closed, then forgets it everywhere and closes it."""

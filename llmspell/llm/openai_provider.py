@@ -21,7 +21,7 @@ from llmspell.llm.errors import (
     MalformedResponse,
     StreamInterrupted,
 )
-from llmspell.llm.http import HttpKind, LoopClients, http_client
+from llmspell.llm.http import HttpKind, SDKClients
 from llmspell.llm.provider import map_sdk_error, stamp_latency
 from llmspell.llm.tokens import count_tokens
 from llmspell.llm.types import (
@@ -55,7 +55,7 @@ def map_openai_error(exc: Exception, provider: str, model: str) -> LLMError:
     return map_sdk_error(exc, openai, provider, model)
 
 
-class OpenAIProvider:
+class OpenAIProvider(SDKClients[openai.AsyncOpenAI]):
     """OpenAI's models (api="responses", the default) or any compatible server (api="chat")."""
 
     def __init__(
@@ -71,17 +71,8 @@ class OpenAIProvider:
     ) -> None:
         self.name = name
         self.api: Api = api
-        # `client`: a ready SDK client, used on every loop as it is, and closed by its owner
-        self.clients = LoopClients(lambda: openai.AsyncOpenAI(
-            api_key=api_key or "unset", base_url=base_url, timeout=timeout, max_retries=0,
-            http_client=http_client(openai, http, timeout)), given=client)
-
-    async def aclose(self) -> None:
-        await self.clients.aclose()
-
-    async def warm(self) -> None:
-        """This loop's SDK client, made before the first call needs it."""
-        await self.clients.get()
+        self._use_sdk(openai, openai.AsyncOpenAI, api_key=api_key, base_url=base_url,
+                      timeout=timeout, http=http, given=client)
 
     def count_tokens(self, messages: list[Message], model: str) -> int:
         return count_tokens(messages, model)
