@@ -12,6 +12,12 @@ seconds before it restarts a dead actor, while a fresh actor answers in well und
 measured in benchmarks/patterns.py). Children are therefore created with max_restarts=0; once
 the supervisor has killed the dead actor for good the name is free again, and callers that
 looked the name up find the replacement (ask_supervised drops a dead handle and looks again).
+
+A child with `standby: true` skips even that process start: the supervisor keeps a spare of it
+(`<address>@<generation>`, set up and prepared by `on_standby`, not started), promotes it when
+the child dies (it restores the snapshot), and records an alias from the child's address to the
+spare's name (llmspell/runtime/aliases.py), which `Node.handle` follows when the address itself
+is not found. Then it starts the next spare.
 """
 
 from __future__ import annotations
@@ -140,8 +146,9 @@ class SupervisorActor(ActorBase):
         task = self._warming.get(name)
         if name in self._spares or (task is not None and not task.done()):
             return
-        self._warming[name] = asyncio.get_running_loop().create_task(
+        task = self._warming[name] = asyncio.get_running_loop().create_task(
             self._start_spare(name), name=f"{self.address}:standby:{name}")
+        task.add_done_callback(self._report_crash)
 
     async def _start_spare(self, name: str, timeout: float = 120.0) -> None:
         """A spare for `name`: the same class and arguments under a name of its own, set up
