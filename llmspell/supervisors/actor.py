@@ -395,7 +395,9 @@ async def ask_supervised(node: Any, address: str, type: str, payload: Any = None
     child is back (restored from its snapshot); any other fails with ChildLost, because it may
     have run before the death and must not run twice. An ask whose child died under it
     `max_deliveries` times (a new process each time) is a poison message: PoisonMessage.
-    Every ask given up on is recorded as a dead letter."""
+    An address not found (between a death and the replacement) is waited for, up to
+    `timeout + restart_wait` in all, then ActorNotFound. Every ask given up on is recorded as
+    a dead letter."""
     deadline = time.monotonic() + timeout + restart_wait
     deaths, last_pid = 0, None
     while True:
