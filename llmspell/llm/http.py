@@ -100,8 +100,11 @@ class SDKClients(Generic[C]):
                  given: C | None) -> None:
         """`make` (the SDK's async client class) with our settings; `given`: a ready client,
         used on every loop as it is, and closed by its owner."""
+        # A Timeout object, not a float: the SDK rebuilds it per request, and from a float
+        # that costs an isinstance check against a typing Protocol (slow in Python 3.11).
+        limit = sdk.Timeout(timeout)
         self.clients = LoopClients(lambda: make(
-            api_key=api_key or "unset", base_url=base_url, timeout=timeout, max_retries=0,
+            api_key=api_key or "unset", base_url=base_url, timeout=limit, max_retries=0,
             http_client=http_client(sdk, http, timeout)), given=given)
 
     async def aclose(self) -> None:

@@ -26,7 +26,7 @@ from llmspell.llm.server import LocalLLMServer
 from tests.net import free_ports
 
 IP = "127.0.0.3"  # loopback, and not the session's Ray's 127.0.0.2
-STEPS, CALLS = 4, 3  # steps of the job; parallel tool calls in each
+STEPS, CALLS, REPLICAS = 4, 3, 2  # steps of the job; parallel tool calls in each; replicas
 KILL_AFTER = 2  # steps done when the node is lost
 CALL = {"name": "calculator", "arguments": {"expression": "6 * 7"}}
 SCENARIO = {"latency_ms": 100, "rules": [
@@ -53,8 +53,8 @@ def spec(url: str) -> JobSpec:
         "models": {"providers": {"local": {"base_url": url}}},
         "agents": [{"name": n, "model": f"local:{n}", "stream": False, "tools": ["calculator"]}
                    for n in names],
-        "pools": [{"name": "compute", "tools": ["calculator"], "min_replicas": 2,
-                   "max_replicas": 2, "resources": {"custom": {"tools": 1}}}],
+        "pools": [{"name": "compute", "tools": ["calculator"], "min_replicas": REPLICAS,
+                   "max_replicas": REPLICAS, "resources": {"custom": {"tools": 1}}}],
         "pattern": {"kind": "sequential", "steps": names},
         "state": {"backend": "memory"},
     })
@@ -109,6 +109,11 @@ async def main(tmp: str) -> dict[str, Any]:
             report["ended_at"] = time.time()
             report["status"], report["reason"] = str(result.status), result.reason
             report["outputs"] = [c.output for c in result.run.children] if result.run else []
+            # The job may end before the last replacement replica is up (the other one took
+            # the remaining calls): the pool is whole again once both are alive.
+            await until(lambda: sum("/replica-" in a["name"] and a["state"] == "ALIVE"
+                                    for a in placed(job.job_id)) >= REPLICAS, 60,
+                        "the replacement replicas alive")
             report["stats"] = await job.parts.pools["compute"].stats()
             report["after"] = placed(job.job_id)
             await job.flush()  # the host's and the pool's batched events, into the log
