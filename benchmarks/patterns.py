@@ -47,6 +47,7 @@ from llmspell import Runtime
 from llmspell.actors.agent_actor import AgentHandle, AgentHost, HostSetup, spawn_host
 from llmspell.agents import AgentSpec
 from llmspell.llm.http import http_client
+from llmspell.runtime import process
 from llmspell.runtime.messages import new_id
 from llmspell.runtime.state_client import StateClient
 from llmspell.supervisors.actor import ChildStart, SupervisorActor, ask_supervised
@@ -333,5 +334,6 @@ if __name__ == "__main__":
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--skip-workflows", action="store_true",
                         help="only the restart and the CPU fan-out")
-    figures = asyncio.run(main(parser.parse_args()))
+    # The driver runs as `llmspell run` runs a job: uvloop, a settled collector.
+    figures = process.run(main(parser.parse_args()))
     print(json.dumps(figures) if "--json" in sys.argv else table(figures))

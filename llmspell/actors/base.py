@@ -29,6 +29,7 @@ from llmspell.runtime.logs import get_logger
 from llmspell.runtime.mailbox import Mailbox
 from llmspell.runtime.messages import Envelope, Kind, decode, encode
 from llmspell.runtime.node import ERROR_TYPE, ActorConfig, Node, error_payload
+from llmspell.runtime.process import settle_gc
 from llmspell.runtime.state_client import StateClient
 
 SNAPSHOT_KEY = "__snapshot__"
@@ -56,6 +57,7 @@ class ActorBase:
         self._since_snapshot = 0
         self._stopping = False
         self.setup(*args, **(kwargs or {}))
+        settle_gc(self.settings.gc_young_threshold)  # after the setup: its objects are frozen too
 
     def _make_mailbox(self) -> Mailbox:
         s = self.settings

@@ -28,6 +28,7 @@ from llmspell.jobs import ExitCode, JobResult, JobRun, JobSpec, JobSpecError, Jo
 from llmspell.jobs.build import plan_hosts
 from llmspell.jobs.runner import job_runtime, load_saved, new_job_id
 from llmspell.llm.registry import ProviderSettings
+from llmspell.runtime import process
 from llmspell.runtime.errors import LlmspellError
 from llmspell.runtime.runtime import Runtime, cluster_from_env
 from llmspell.runtime.settings import RuntimeSettings
@@ -295,7 +296,7 @@ def finish(job: Callable[[], Coroutine[Any, Any, tuple[JobResult, JobView]]], *,
     a clear message: exit 2 for the spec's, 1 for the rest."""
     spec_errors: tuple[type[BaseException], ...] = (JobSpecError, LookupError, *bad_spec)
     try:
-        result, view = asyncio.run(job())
+        result, view = process.run(job())
     except spec_errors as exc:
         _ERR.print(f"[red]{exc}")
         raise typer.Exit(ExitCode.bad_spec) from None

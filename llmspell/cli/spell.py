@@ -7,7 +7,6 @@ offline runs); other providers read their usual environment (OPENAI_API_KEY, ...
 
 from __future__ import annotations
 
-import asyncio
 import json
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ import typer
 
 from llmspell.cli.run import inputs_or_exit
 from llmspell.jobs.result import ExitCode, JobResult
+from llmspell.runtime import process
 from llmspell.runtime.messages import new_id
 from llmspell.runtime.runtime import Runtime
 from llmspell.spells import SpellOptions, SpellSyntaxError, exec_spell, run_spell
@@ -67,7 +67,7 @@ def exec_command(
             return await exec_spell(code, inputs=inputs, runtime=runtime, job_id=job_id)
 
     try:
-        result = asyncio.run(main())
+        result = process.run(main())
     except SpellSyntaxError as exc:
         typer.echo(str(exc), err=True)
         raise typer.Exit(ExitCode.bad_spec) from None

@@ -20,6 +20,7 @@ from llmspell.runtime.events import Event, pack_events, unpack_events
 from llmspell.runtime.logs import get_logger
 from llmspell.runtime.messages import new_id
 from llmspell.runtime.node import HUB_NAME, Node
+from llmspell.runtime.process import settle_gc
 from llmspell.runtime.settings import RuntimeSettings
 
 EVENT_MESSAGE = "event"
@@ -150,6 +151,7 @@ class EventHub:
     """The Ray shell of HubCore; one per runtime namespace, named `llmspell.hub`."""
 
     def __init__(self, log_path: str, settings: RuntimeSettings) -> None:
+        settle_gc(settings.gc_young_threshold)
         self.node = Node(settings, identity=HUB_NAME)
         self.core = HubCore(log_path, deliver=self._deliver)
 

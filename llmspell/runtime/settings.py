@@ -28,6 +28,10 @@ class RuntimeSettings(BaseSettings):
     # the sender and the hub: at 0.2 s rather than 0.05 the CPU fan-out of benchmarks/patterns.py
     # ran 7.7-7.8 s instead of 8.3-8.4 (a live view refreshes a few times a second anyway).
     event_batch_delay_s: float = 0.2
+    # Actor processes collect garbage after this many net allocations (Python's default: 700),
+    # with their start-up objects frozen out of collection; None keeps Python's settings.
+    # See llmspell.runtime.process.
+    gc_young_threshold: int | None = 20_000
     event_log_path: str | None = None  # None: an in-memory SQLite log owned by the event hub
     state_path: str | None = None  # None: in-memory state
     log_json: bool | None = None

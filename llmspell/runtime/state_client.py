@@ -15,6 +15,7 @@ from ray.exceptions import RayActorError
 from llmspell.runtime.errors import ActorUnavailable, StateError, VersionConflict
 from llmspell.runtime.hooks import HookPoint, HookRegistry
 from llmspell.runtime.node import STATE_NAME, Node
+from llmspell.runtime.process import settle_gc
 from llmspell.runtime.state import ANY, StateChange, StateStore, Versioned
 
 Outcome = tuple[str, Any]
@@ -112,6 +113,7 @@ class StateService:
     def __init__(self, store_path: str | None, settings: Any) -> None:
         from llmspell.runtime.state import MemoryBackend, SQLiteBackend
 
+        settle_gc(settings.gc_young_threshold)
         backend = SQLiteBackend(store_path) if store_path else MemoryBackend()
         self.node = Node(settings, identity=STATE_NAME)
         self.store = StateStore(backend, on_change=self._changed)

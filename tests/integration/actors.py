@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 from typing import Any
 
@@ -29,6 +30,8 @@ class Recorder(ActorBase):
             return "slept"
         if msg.type == "pid":
             return os.getpid()
+        if msg.type == "gc":
+            return {"threshold": gc.get_threshold(), "frozen": gc.get_freeze_count()}
         if self.delay:
             await asyncio.sleep(self.delay)
         self.seen.append([msg.sender, msg.payload])

@@ -111,6 +111,31 @@ async def test_state_survives_a_crash(runtime: Runtime, job_id: str) -> None:
     assert [e.sender for e in restarted] == [counter.address]
 
 
+async def test_an_actor_process_settles_its_garbage_collector(runtime: Runtime,
+                                                               job_id: str) -> None:
+    rec = runtime.spawn(Recorder, "gc", job_id=job_id)
+    seen = await rec.ask("gc")
+    assert seen["threshold"][0] == runtime.settings.gc_young_threshold == 20_000
+    assert seen["frozen"] > 10_000  # the imported libraries, out of every collection
+
+
+def test_settle_gc_is_once_per_process_and_none_leaves_python_alone() -> None:
+    code = textwrap.dedent("""
+        import gc
+        from llmspell.runtime import process
+        default = gc.get_threshold()
+        process.settle_gc(None)
+        assert gc.get_threshold() == default and gc.get_freeze_count() == 0
+        process.settle_gc(5000)
+        assert gc.get_threshold() == (5000, *default[1:]) and gc.get_freeze_count() > 0
+        process.settle_gc(9000)  # once: a second shell in the process changes nothing
+        assert gc.get_threshold()[0] == 5000
+    """)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
 async def test_bad_frames_are_refused_and_lose_nothing(runtime: Runtime, job_id: str) -> None:
     rec = runtime.spawn(Recorder, "rec", job_id=job_id)
     await rec.wait_ready()
