@@ -44,6 +44,7 @@ from llmspell.actors.agent_actor import AgentHandle, HostSetup, spawn_host
 from llmspell.agents import AgentSpec
 from llmspell.jobs.spec import HostsSpec
 from llmspell.llm.http import http_client
+from llmspell.runtime import process
 from llmspell.runtime.messages import new_id
 from llmspell.runtime.state_client import StateClient
 from llmspell.supervisors.workflows import MapReduce, Parallel
@@ -231,7 +232,7 @@ def main() -> dict[str, Any]:
          "--latency-ms", str(CALL_MS)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         _wait_port(port)
-        return asyncio.run(_measure(f"http://127.0.0.1:{port}/v1"))
+        return process.run(_measure(f"http://127.0.0.1:{port}/v1"))  # as `llmspell run` runs
     finally:
         server.terminate()
         server.wait(10)
