@@ -151,9 +151,9 @@ class EventHub:
     """The Ray shell of HubCore; one per runtime namespace, named `llmspell.hub`."""
 
     def __init__(self, log_path: str, settings: RuntimeSettings) -> None:
-        settle_gc(settings.gc_young_threshold)
         self.node = Node(settings, identity=HUB_NAME)
         self.core = HubCore(log_path, deliver=self._deliver)
+        settle_gc(settings.gc_young_threshold)
 
     async def _deliver(self, address: str, event: Event) -> None:
         await self.node.tell(address, EVENT_MESSAGE, event.to_wire(), job_id=event.job_id)

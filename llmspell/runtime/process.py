@@ -1,5 +1,5 @@
-"""What an actor process sets for itself once: Python's garbage collector, tuned for a
-long-lived message loop.
+"""How our processes run: an actor's garbage collector tuned for a long-lived message loop
+(`settle_gc`), and a command's work on uvloop (`run`).
 
 An actor allocates and drops thousands of small objects per message. With Python's default
 (a young collection every 700 net allocations) the objects that live across an await, such as
@@ -8,8 +8,8 @@ every few hundred agent runs a full collection then walks every object of the pr
 ~250k of the imported libraries included (about 100 ms on the benchmark machine, while every
 message waits). Measured on an agent host: the collector took 6% of its CPU.
 
-So each actor shell calls `settle_gc` when its process starts: what is alive after the imports
-and the shell's own setup (modules, classes, clients) is frozen out of collection
+So each actor shell calls `settle_gc` at the end of its constructor: what is alive after the
+imports and the shell's own setup (modules, classes, clients) is frozen out of collection
 (`gc.freeze`), and the young threshold is raised so that short-lived objects are freed by their
 reference counts before any collection sees them. Cycles are still collected, less often.
 The driver's process is a user's program, left as its user set it, except where it is our own

@@ -113,10 +113,10 @@ class StateService:
     def __init__(self, store_path: str | None, settings: Any) -> None:
         from llmspell.runtime.state import MemoryBackend, SQLiteBackend
 
-        settle_gc(settings.gc_young_threshold)
         backend = SQLiteBackend(store_path) if store_path else MemoryBackend()
         self.node = Node(settings, identity=STATE_NAME)
         self.store = StateStore(backend, on_change=self._changed)
+        settle_gc(settings.gc_young_threshold)
 
     def _changed(self, change: StateChange) -> None:
         self.node.publish_nowait("state.changed", {
