@@ -19,7 +19,7 @@ def runtime(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
         namespace=f"test-{new_id()[-12:]}",
         event_log_path=str(data / "events.db"),
         state_path=str(data / "state.db"),
-        gap_timeout_s=1.0,
+        gap_timeout_s=2.0,  # the default: a loaded CI machine can delay one of two asks 1 s
     )
     rt.start()
     yield rt
