@@ -262,7 +262,7 @@ class ActorBase:
             "mailbox": {
                 "accepted": stats.accepted, "rejected": stats.rejected,
                 "duplicates": stats.duplicates, "dead_letters": stats.dead_letters,
-                "gaps": stats.gaps, "delivered": stats.delivered,
+                "gaps": stats.gaps, "late_asks": stats.late_asks, "delivered": stats.delivered,
             },
         }
 

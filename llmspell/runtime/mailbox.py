@@ -3,7 +3,10 @@
 Ray keeps no order between calls to an async actor, so order is ours: every message of a
 *stream* (one sender to one recipient) carries a sequence number. A message that arrives early is
 held until the ones before it arrive; a gap that is not filled within `gap_timeout` seconds is
-reported and skipped. Messages without a stream (seq 0) are not ordered.
+reported and skipped. A message that comes after its gap was skipped is late: a tell becomes a dead
+letter (its place in the order is gone), an ask is delivered out of order, because its sender is
+waiting for the reply and an order already broken is better than lost work. Messages without a
+stream (seq 0) are not ordered.
 
 Nothing is dropped silently. Every message put is delivered, rejected (`MailboxFull`, raised to
 the sender), dropped as a duplicate (counted; an ask gets the original's reply), or turned into a
@@ -19,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from llmspell.runtime.errors import MailboxClosed, MailboxError, MailboxFull
-from llmspell.runtime.messages import Envelope, Priority
+from llmspell.runtime.messages import Envelope, Kind, Priority
 
 Overflow = Literal["block", "reject"]
 DeadLetterHandler = Callable[[Envelope, str], None]
@@ -36,6 +39,7 @@ class MailboxStats:
     duplicates: int = 0
     dead_letters: int = 0
     gaps: int = 0
+    late_asks: int = 0
     delivered: int = 0
 
 
@@ -175,7 +179,11 @@ class Mailbox:
         if seq in stream.skipped:
             stream.skipped.discard(seq)
             self._accept(key, reply)
-            self._dead_letter(env, reply, "arrived after its sequence gap was skipped")
+            if env.kind == Kind.ASK:
+                self.stats.late_asks += 1
+                self._admit(env, reply)
+            else:
+                self._dead_letter(env, reply, "arrived after its sequence gap was skipped")
             return True
         if seq < stream.next_seq or seq in stream.held:
             self._duplicate(env, reply, None)

@@ -198,6 +198,26 @@ async def test_a_late_arrival_after_the_skip_is_a_dead_letter() -> None:
     assert [e.seq for e in drain_now(box)] == [6]
 
 
+async def test_a_late_ask_after_the_skip_is_delivered_out_of_order() -> None:
+    """An ask's sender is waiting for it: refusing it would turn a late delivery into lost work."""
+    rec = Recorder()
+    box = rec.box(gap_timeout=0.02)
+    await box.put(env("s", 1, kind=Kind.ASK))
+    await box.put(env("s", 3, kind=Kind.ASK))
+    await asyncio.sleep(0.06)
+    assert rec.gaps == [("s", 2, 2)]
+    assert [e.seq for e in drain_now(box)] == [1, 3]
+    late_reply = future()
+    assert await box.put(env("s", 2, kind=Kind.ASK), late_reply)
+    got = box.get_nowait()
+    assert got is not None and got[0].seq == 2 and got[1] is late_reply
+    assert rec.dead == [] and box.stats.late_asks == 1 and box.stats.dead_letters == 0
+    # Once delivered it is a duplicate like any other, and the stream goes on.
+    assert not await box.put(env("s", 2, kind=Kind.ASK))
+    await box.put(env("s", 4, kind=Kind.ASK))
+    assert [e.seq for e in drain_now(box)] == [4]
+
+
 async def test_several_gaps_in_one_stream_are_each_reported() -> None:
     rec = Recorder()
     box = rec.box(gap_timeout=0.02)
