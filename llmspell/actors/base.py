@@ -28,7 +28,7 @@ from llmspell.runtime.hooks import HookRegistry
 from llmspell.runtime.logs import get_logger
 from llmspell.runtime.mailbox import Mailbox
 from llmspell.runtime.messages import Envelope, Kind, decode, encode
-from llmspell.runtime.node import ERROR_TYPE, ActorConfig, Node, error_payload
+from llmspell.runtime.node import ERROR_TYPE, ActorConfig, Node, error_payload, untracked
 from llmspell.runtime.process import settle_gc
 from llmspell.runtime.state_client import StateClient
 
@@ -206,6 +206,7 @@ class ActorBase:
 
     # -- the Ray-facing methods ---------------------------------------------------------------
 
+    @untracked
     async def deliver(self, frames: list[bytes]) -> dict[str, Any]:
         """Take a batch of tells. Returns how many were accepted and the errors of the rest."""
         await self._ensure_started()
@@ -222,6 +223,7 @@ class ActorBase:
                     self._refuse_frame(exc)
         return {"accepted": accepted, "errors": errors}
 
+    @untracked
     async def ask(self, frame: bytes) -> bytes:
         """Take one request; resolves to the reply frame (an error frame if it failed)."""
         await self._ensure_started()
@@ -252,6 +254,7 @@ class ActorBase:
             "recipient": self.address, "reason": f"bad frame: {exc}", "code": exc.reason,
         })
 
+    @untracked
     async def ping(self) -> dict[str, Any]:
         if not self.config.extra.get("standby"):
             await self._ensure_started()

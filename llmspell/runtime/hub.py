@@ -19,7 +19,7 @@ from llmspell.runtime.eventlog import EventLog
 from llmspell.runtime.events import Event, pack_events, unpack_events
 from llmspell.runtime.logs import get_logger
 from llmspell.runtime.messages import new_id
-from llmspell.runtime.node import HUB_NAME, Node
+from llmspell.runtime.node import HUB_NAME, Node, untracked
 from llmspell.runtime.process import settle_gc
 from llmspell.runtime.settings import RuntimeSettings
 
@@ -158,6 +158,7 @@ class EventHub:
     async def _deliver(self, address: str, event: Event) -> None:
         await self.node.tell(address, EVENT_MESSAGE, event.to_wire(), job_id=event.job_id)
 
+    @untracked
     async def publish_batch(self, data: bytes) -> int:
         return await self.core.publish_batch(data)
 
@@ -165,6 +166,7 @@ class EventHub:
                         job_id: str | None) -> str:
         return self.core.subscribe(pattern, buffer, overflow, job_id)
 
+    @untracked
     async def poll(self, sub_id: str, max_items: int, timeout: float) -> tuple[bytes, int, bool]:
         return await self.core.poll(sub_id, max_items, timeout)
 
@@ -188,5 +190,6 @@ class EventHub:
         await self.node.close()
         await self.core.close()
 
+    @untracked
     async def ping(self) -> str:
         return "hub"

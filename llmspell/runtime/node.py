@@ -13,7 +13,7 @@ import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import ray
 from ray.exceptions import ActorDiedError, GetTimeoutError, RayActorError, RayTaskError
@@ -36,6 +36,15 @@ from llmspell.runtime.settings import RuntimeSettings
 HUB_NAME = "llmspell.hub"
 STATE_NAME = "llmspell.state"
 ERROR_TYPE = "error"
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def untracked(method: _F) -> _F:
+    """An actor method whose calls Ray keeps out of its task table. Ray records every call of
+    a method there (for its dashboard) unless it opts out; messages are many and the event log
+    is their record, so the methods that carry them opt out: about 0.2 ms of CPU a call less,
+    over caller, callee and the GCS (measured on 8 x 3,000 asks)."""
+    return cast(_F, ray.method(enable_task_events=False)(method))
 
 
 @dataclass(slots=True)

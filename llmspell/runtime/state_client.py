@@ -14,7 +14,7 @@ from ray.exceptions import RayActorError
 
 from llmspell.runtime.errors import ActorUnavailable, StateError, VersionConflict
 from llmspell.runtime.hooks import HookPoint, HookRegistry
-from llmspell.runtime.node import STATE_NAME, Node
+from llmspell.runtime.node import STATE_NAME, Node, untracked
 from llmspell.runtime.process import settle_gc
 from llmspell.runtime.state import ANY, StateChange, StateStore, Versioned
 
@@ -124,9 +124,11 @@ class StateService:
             "deleted": change.deleted,
         }, job_id=change.job_id or "")
 
+    @untracked
     async def get(self, key: str, job_id: str | None) -> Outcome:
         return await _tagged(self.store.get(key, job_id=job_id))
 
+    @untracked
     async def get_versioned(self, key: str, job_id: str | None) -> Outcome:
         async def fetch() -> Any:
             found = await self.store.get_versioned(key, job_id=job_id)
@@ -134,14 +136,17 @@ class StateService:
 
         return await _tagged(fetch())
 
+    @untracked
     async def set(self, key: str, value: Any, job_id: str | None, expected: Any) -> Outcome:
         return await _tagged(self.store.set(key, value, job_id=job_id,
                                             expected_version=_expected_local(expected)))
 
+    @untracked
     async def delete(self, key: str, job_id: str | None, expected: Any) -> Outcome:
         return await _tagged(self.store.delete(key, job_id=job_id,
                                                expected_version=_expected_local(expected)))
 
+    @untracked
     async def list(self, prefix: str, job_id: str | None) -> Outcome:
         async def fetch() -> Any:
             found = await self.store.list(prefix, job_id=job_id)
@@ -156,6 +161,7 @@ class StateService:
         await self.node.flush()
         await self.store.close()
 
+    @untracked
     async def ping(self) -> str:
         return "state"
 
