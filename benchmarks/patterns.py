@@ -21,7 +21,8 @@ transport of llmspell (`llmspell.llm.http`: aiohttp with no proxy set):
 - The CPU fan-out: 200 items, 8 at once, each an agent that calls the model, calls a tool that
   spends 50 ms of pure-Python CPU holding the GIL, and calls the model again; then one reduce
   call. Floor: max(N x 50 ms / cores, ceil(N/8) x 150 ms + 50 ms). Three runs: llmspell with
-  the tool in a pool (one replica per core), the same job with the tool in-process, and a bare
+  the tool in a pool (one replica per core; `dispatch="direct"`: the agent host calls the
+  replicas itself under leases from the router), the same job with the tool in-process, and a bare
   Ray version written here (asyncio tasks in the driver calling the SDK, the tool in plain Ray
   actors; no events, hooks or checkpoints).
 """
@@ -202,7 +203,7 @@ async def fanout_llmspell(rt: Runtime, server: ServerProcess, *, pooled: bool) -
     try:
         if pooled:
             pool = rt.spawn_pool("burners", [burn], job_id=job, min_replicas=cores(),
-                                 max_replicas=cores(), max_concurrency=1)
+                                 max_replicas=cores(), max_concurrency=1, dispatch="direct")
             await pool.wait_ready()
             pools = {"burn": pool.address}
         handles = _agents(rt, job, server, pools)

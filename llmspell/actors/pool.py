@@ -31,12 +31,21 @@ from collections.abc import Coroutine, Sequence
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
-import msgpack
 import ray
 from pydantic import BaseModel
 from ray.exceptions import RayActorError, RayTaskError
 
 from llmspell.actors.base import ActorBase
+from llmspell.actors.leases import Routed, flush_leases, holder_for, run_direct
+from llmspell.actors.outcomes import (
+    Outcome,
+    PoolQueueFull,
+    error_from_wire,
+    error_to_wire,
+    failure,
+    make_tool_error,
+    packable,
+)
 from llmspell.actors.scaling import (
     Deduper,
     PoolConfig,
@@ -60,9 +69,6 @@ from llmspell.runtime.spawning import spawn_actor
 from llmspell.tools.base import Tool
 from llmspell.tools.context import ToolContext
 from llmspell.tools.errors import (
-    RecursionLimit,
-    SandboxViolation,
-    ToolArgumentError,
     ToolError,
     ToolNotFound,
     ToolTimeout,
@@ -84,73 +90,10 @@ STATS = "pool.stats"
 WITHDRAW = "pool.withdraw"  # the caller of a call (by its idempotency key) gave up on it
 WITHDRAWN_TTL_S = 60.0
 SCALE = "pool.scale_to"
+LEASE = "pool.lease"  # a direct pool's caller asks for a slot to call a replica on itself
+RELEASE = "pool.release"  # ... and gives it back, with the outcomes of the calls it ran there
 # A call with no deadline at all (a tool without timeout) still gets an ask timeout: a day.
 NO_DEADLINE_S = 86_400.0
-Outcome = dict[str, Any]
-
-
-class PoolQueueFull(ToolUnavailable):
-    """Every replica is at its cap and the pool's queue is full."""
-
-    def __init__(self, tool: str, pool: str, waiting: int) -> None:
-        super().__init__(tool, f"pool {pool!r} is full: {waiting} calls already wait for a "
-                               "replica; try again later, or raise max_queue or max_replicas")
-        self.pool = pool
-        self.waiting = waiting
-
-
-# -- outcomes on the wire -----------------------------------------------------------------------
-
-_ERRORS: dict[str, type[ToolError]] = {cls.__name__: cls for cls in (
-    ToolError, ToolArgumentError, ToolNotFound, ToolTimeout, ToolUnavailable, SandboxViolation,
-    RecursionLimit, PoolQueueFull)}
-
-
-def make_tool_error(cls: type[ToolError], tool: str, detail: str, **attrs: Any) -> ToolError:
-    """An error of any ToolError subclass with this exact message (their constructors differ;
-    the message and fields are what the caller reads)."""
-    error = cls.__new__(cls)
-    ToolError.__init__(error, tool, detail)
-    error.__dict__.update(attrs)
-    return error
-
-
-def error_to_wire(exc: BaseException, tool: str) -> dict[str, Any]:
-    """How a failed call travels back: the error's class name, tool, message and fields."""
-    if isinstance(exc, ToolError):
-        attrs = {k: v for k, v in vars(exc).items()
-                 if k not in ("tool", "detail") and _packable(v)}
-        return {"type": type(exc).__name__, "tool": exc.tool, "detail": exc.detail,
-                "attrs": attrs}
-    if isinstance(exc, Cancelled):
-        return {"type": "Cancelled", "tool": tool, "detail": exc.reason, "attrs": {}}
-    # A tool's own bug: reported the way the agent loop reports one that ran in process.
-    return {"type": "ToolError", "tool": tool, "detail": f"failed: {type(exc).__name__}: {exc}",
-            "attrs": {"error_type": type(exc).__name__}}
-
-
-def error_from_wire(data: dict[str, Any]) -> Exception:
-    tool, detail = str(data.get("tool", "?")), str(data.get("detail", ""))
-    if data.get("type") == "Cancelled":
-        return Cancelled(detail)
-    cls = _ERRORS.get(str(data.get("type")), ToolError)
-    raw = data.get("attrs")
-    attrs: dict[str, Any] = raw if isinstance(raw, dict) else {}
-    if cls is ToolError and data.get("type") != "ToolError":
-        attrs = {**attrs, "error_type": data.get("type")}  # a user's own ToolError subclass
-    return make_tool_error(cls, tool, detail, **attrs)
-
-
-def _failure(exc: BaseException, tool: str) -> Outcome:
-    return {"ok": False, "error": error_to_wire(exc, tool)}
-
-
-def _packable(value: Any) -> bool:
-    try:
-        msgpack.packb(value, use_bin_type=True)
-    except (TypeError, ValueError, OverflowError):
-        return False
-    return True
 
 
 def _plain_result(value: Any) -> Any:
@@ -158,7 +101,7 @@ def _plain_result(value: Any) -> Any:
     anything else msgpack cannot pack through JSON (as `render_result` would show it)."""
     if isinstance(value, BaseModel):
         return value.model_dump(mode="json")
-    if _packable(value):
+    if packable(value):
         return value
     return json.loads(json.dumps(value, default=str))
 
@@ -190,7 +133,7 @@ class PoolReplica(ActorBase):
         name = str(call.get("tool"))
         tool = self.tools.get(name)
         if tool is None:
-            return _failure(ToolNotFound(name, sorted(self.tools)), name)
+            return failure(ToolNotFound(name, sorted(self.tools)), name)
         # A retried call whose key already completed here gets the stored outcome.
         return await self.dedupe.run(call.get("key"), lambda: self._invoke(tool, call),
                                      keep=lambda outcome: bool(outcome["ok"]))
@@ -214,7 +157,7 @@ class PoolReplica(ActorBase):
                     return found
             result = await tool.invoke(call.get("arguments"), ctx)
         except Exception as exc:  # the tool's failure is the call's outcome, not the actor's
-            return _failure(exc, tool.name)
+            return failure(exc, tool.name)
         return {"ok": True, "result": _plain_result(result)}
 
     async def _reconcile(self, tool: Tool, call: dict[str, Any], ctx: ToolContext
@@ -265,6 +208,13 @@ class PoolRouter(ActorBase):
         self._wake = asyncio.Event()
         self._stopped_reason: str | None = None  # set once the router is stopping
         self._calls: dict[str, str] = {}  # idempotency key -> id, of the calls here now
+        self._leases: dict[str, tuple[str, float]] = {}  # lease id -> (replica, granted at)
+        # A lease still out this long after it was granted has a dead holder: its last call
+        # started before the term ended and lasted at most its tool's timeout and the grace.
+        longest = max((t.timeout or NO_DEADLINE_S) for t in tools) if tools else NO_DEADLINE_S
+        self._lease_limit_s = config.lease_term_s + longest + config.call_grace_s
+        self._no_leases = asyncio.Event()
+        self._no_leases.set()
         # Keys withdrawn before their call arrived (a withdrawal may overtake its call), with
         # when: forgotten after WITHDRAWN_TTL_S, so that a later call reusing a key runs.
         self._withdrawn: OrderedDict[str, float] = OrderedDict()
@@ -291,7 +241,15 @@ class PoolRouter(ActorBase):
             for waiter in list(self._waiters.values()):
                 if not waiter.done():
                     waiter.set_exception(_PoolStopped(reason))
+            await self._leases_back(self.pool.lease_term_s + self.pool.call_grace_s)
         return await super().stop(reason)
+
+    async def _leases_back(self, timeout: float) -> None:
+        """Direct calls running on replicas finish too: their leases come back at the end of
+        their term (the mailbox is still open for the releases), or the wait ends."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                await self._no_leases.wait()
 
     async def on_stop(self) -> None:
         tasks = list(self._tasks)
@@ -337,11 +295,16 @@ class PoolRouter(ActorBase):
             return await self._scale_to(int(msg.payload), "requested")
         if msg.type == WITHDRAW:
             return self._withdraw(str(msg.payload))
+        if msg.type == LEASE:
+            return await self._lease(msg.payload)
+        if msg.type == RELEASE:
+            return self._release(msg.payload)
         raise ValueError(f"pool router {self.address!r} does not handle {msg.type!r}")
 
     def _stats(self) -> dict[str, Any]:
         return {
-            **self.sched.stats(), "address": self.address,
+            **self.sched.stats(), "address": self.address, "dispatch": self.pool.dispatch,
+            "leases": len(self._leases),
             "replica_list": [{**asdict(r), "status": str(r.status), "pid": self._pids.get(r.id)}
                              for r in self.sched.replicas()],
         }
@@ -353,7 +316,7 @@ class PoolRouter(ActorBase):
         tool = self.tools.get(name)
         if tool is None:
             close = difflib.get_close_matches(name, list(self.tools), n=3)
-            return self._count(_failure(ToolNotFound(name, close or sorted(self.tools)[:5]),
+            return self._count(failure(ToolNotFound(name, close or sorted(self.tools)[:5]),
                                         name))
         # A lost call may run again if that cannot duplicate its effect: the tool is
         # idempotent, or it reconciles (finds the effect of the lost attempt) before a retry.
@@ -367,7 +330,7 @@ class PoolRouter(ActorBase):
                                 "key": key}
         cid = new_id()
         if self._withdrawn.pop(key, None) is not None:
-            return self._count(_failure(Cancelled("withdrawn by its caller"), name))
+            return self._count(failure(Cancelled("withdrawn by its caller"), name))
         self._calls[key] = cid
         try:
             return await self._attempts(name, call, cid, idempotent, deadline, budget)
@@ -384,21 +347,94 @@ class PoolRouter(ActorBase):
                 attempt_call = {**call, "attempt": attempt}
                 return self._count(await self._run_on(rid, cid, attempt_call, deadline, budget))
             except ToolError as exc:
-                return self._count(_failure(exc, name))
+                return self._count(failure(exc, name))
             except _Withdrawn:
                 # Its caller is gone (cancelled): a call that has not started never starts.
-                return self._count(_failure(Cancelled("withdrawn by its caller"), name))
+                return self._count(failure(Cancelled("withdrawn by its caller"), name))
             except _Lost as lost:
                 if not idempotent:
-                    return self._count(_failure(ToolUnavailable(
+                    return self._count(failure(ToolUnavailable(
                         name, f"replica {lost.replica!r} died during the call; not retried "
                               f"because tool {name!r} is not idempotent"), name))
                 lost_on = lost.replica
                 if attempt < self.pool.max_retries:
                     self.sched.counters.retried += 1
-        return self._count(_failure(ToolUnavailable(
+        return self._count(failure(ToolUnavailable(
             name, f"{self.pool.max_retries + 1} replicas died under this call; giving up"),
             name))
+
+    # -- leases (dispatch "direct") ---------------------------------------------------------
+
+    async def _lease(self, req: dict[str, Any]) -> dict[str, Any]:
+        """A slot on a replica for the caller to run calls on itself, once one is free (the
+        queue, its bound and the deadline are those of a routed call). Failures are not call
+        outcomes here: the caller counts its calls' outcomes and sends them with its leases."""
+        if self.pool.dispatch != "direct":
+            return {"ok": False, "routed": True}
+        name = str(req.get("tool"))
+        budget = req.get("budget")
+        budget = None if budget is None else max(0.0, float(budget))
+        loop = asyncio.get_running_loop()
+        deadline = None if budget is None else loop.time() + budget
+        key, lid = str(req.get("request") or new_id()), new_id()
+        if self._withdrawn.pop(key, None) is not None:
+            return {"ok": False, "withdrawn": True}
+        self._calls[key] = lid
+        try:
+            rid = await self._acquire(lid, name, deadline, budget,
+                                      lost_on=req.get("lost_on") or None)
+        except _Withdrawn:
+            return {"ok": False, "withdrawn": True}
+        except ToolError as exc:
+            return failure(exc, name)
+        finally:
+            if self._calls.get(key) == lid:
+                del self._calls[key]
+        self._leases[lid] = (rid, loop.time())
+        self._no_leases.clear()
+        cfg = self.pool
+        return {"ok": True, "lease": lid, "replica": rid, "term_s": cfg.lease_term_s,
+                "linger_s": cfg.lease_linger_s, "max_retries": cfg.max_retries,
+                "grace_s": cfg.call_grace_s, "max_queue": cfg.max_queue}
+
+    def _release(self, req: dict[str, Any]) -> bool:
+        """A lease comes back with the outcomes of the calls run under it; a replica it found
+        dead is evicted, one that hung leaves rotation. False: the lease was not out."""
+        counts = {k: int(req.get(k) or 0) for k in ("completed", "failed", "timed_out",
+                                                        "retried", "rejected")}
+        c = self.sched.counters
+        c.completed += counts["completed"]
+        c.failed += counts["failed"]
+        c.timed_out += counts["timed_out"]
+        c.retried += counts["retried"]
+        c.rejected += counts["rejected"]
+        entry = self._leases.pop(str(req.get("lease")), None)
+        if entry is None:
+            return False
+        if not self._leases:
+            self._no_leases.set()
+        rid = entry[0]
+        if req.get("lost"):
+            self._evict(rid, f"died during a call: {req['lost']}")
+        elif req.get("hung"):
+            self._hung(rid)
+        self._grant(self.sched.finish(str(req.get("lease"))))
+        return True
+
+    def _reclaim_leases(self) -> None:
+        """Take back the slots of leases whose holder died without returning them."""
+        now = asyncio.get_running_loop().time()
+        for lid, (rid, granted) in list(self._leases.items()):
+            if now - granted > self._lease_limit_s:
+                del self._leases[lid]
+                if not self._leases:
+                    self._no_leases.set()
+                self.log.warning("pool lease reclaimed", lease=lid, replica=rid,
+                                 held_s=round(now - granted, 1))
+                self.node.publish_nowait("pool.lease_reclaimed", {
+                    "pool": self.address, "lease": lid, "replica": rid,
+                    "held_s": round(now - granted, 1)})
+                self._grant(self.sched.finish(lid))
 
     def _count(self, outcome: Outcome) -> Outcome:
         counters = self.sched.counters
@@ -698,6 +734,7 @@ class PoolRouter(ActorBase):
     async def _health_loop(self) -> None:
         while True:
             await asyncio.sleep(self.pool.health_interval_s)
+            self._reclaim_leases()
             rids = [r.id for r in self.sched.replicas() if r.id in self._pids]
             await asyncio.gather(*(self._check(rid) for rid in rids))
 
@@ -728,10 +765,15 @@ class PoolExecutor:
     """A ToolExecutor that runs calls in a tool pool: an agent's `RoutedExecutor` maps a tool's
     name to one. Failures come back as ToolError subclasses naming the tool."""
 
-    def __init__(self, address: str, node: Node, *, grace_s: float = 10.0) -> None:
+    def __init__(self, address: str, node: Node, *, grace_s: float = 10.0,
+                 direct: bool | None = None, max_queue: int | None = None) -> None:
         self.address = address
         self.node = node
         self.grace_s = grace_s  # past the call's own deadline, how long the pool may take
+        # Whether the pool lends leases (dispatch "direct"); None: its router says at the
+        # first call.
+        self.direct = direct
+        self.max_queue = max_queue
 
     async def execute(self, tool: Tool, arguments: dict[str, Any] | str, ctx: ToolContext
                       ) -> Any:
@@ -740,7 +782,7 @@ class PoolExecutor:
         key = ctx.idempotency_key or new_id()
         payload = {"tool": tool.name, "arguments": arguments, "ctx": ctx.to_wire(),
                    "idempotency_key": key, "idempotent": tool.idempotent}
-        ask = asyncio.ensure_future(self._ask(tool.name, payload, limit))
+        ask = asyncio.ensure_future(self._dispatch(tool, payload, limit))
         cancel = asyncio.ensure_future(ctx.cancel.wait())
         try:
             await asyncio.wait({ask, cancel}, return_when=asyncio.FIRST_COMPLETED)
@@ -759,6 +801,18 @@ class PoolExecutor:
         if outcome.get("ok"):
             return outcome.get("result")
         raise error_from_wire(outcome.get("error") or {"tool": tool.name})
+
+    async def _dispatch(self, tool: Tool, payload: dict[str, Any], limit: float | None
+                        ) -> Outcome:
+        if self.direct is not False:
+            call = {"tool": tool.name, "arguments": payload["arguments"], "ctx": payload["ctx"],
+                    "key": payload["idempotency_key"], "idempotent": payload["idempotent"]}
+            try:
+                holder = holder_for(self.node, self.address, self.max_queue)
+                return await run_direct(holder, tool, call, limit)
+            except Routed:
+                self.direct = False
+        return await self._ask(tool.name, payload, limit)
 
     def _give_up(self, ask: asyncio.Future[Outcome], key: str) -> None:
         ask.cancel()
@@ -802,11 +856,17 @@ class ToolPoolRef:
 
     def executor(self) -> PoolExecutor:
         return PoolExecutor(self.address, self.ref.runtime.node,
-                            grace_s=self.config.call_grace_s + 5.0)
+                            grace_s=self.config.call_grace_s + 5.0,
+                            direct=self.config.dispatch == "direct",
+                            max_queue=self.config.max_queue)
 
     async def stats(self) -> dict[str, Any]:
         """Replicas (ready, starting, draining), queue depth, in flight, completed, retried,
-        failed, rejected, timed out, and one entry per replica."""
+        failed, rejected, timed out, and one entry per replica. (Under dispatch "direct" the
+        outcomes counted in other processes arrive with their leases, within `lease_term_s`;
+        this process's own go back first.)"""
+        if self.config.dispatch == "direct":
+            await flush_leases(self.ref.runtime.node, self.address)
         result: dict[str, Any] = await self.ref.ask(STATS, priority=Priority.HIGH)
         return result
 

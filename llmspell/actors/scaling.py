@@ -67,6 +67,13 @@ class PoolConfig:
     resources_fallback: bool = True
     placement_check_s: float = 1.0  # how often a replica waiting to start is looked at
     dedupe_window: int = 10_000  # idempotency keys a replica remembers
+    # "routed": every call goes caller -> router -> replica. "direct": the caller's process
+    # takes leases on replica slots from the router and calls the replicas itself (one Ray
+    # call per tool call, the router out of the path; see llmspell.actors.leases). A lease goes
+    # back after `lease_term_s` (other callers' turn) or `lease_linger_s` unused.
+    dispatch: Literal["routed", "direct"] = "routed"
+    lease_term_s: float = 1.0
+    lease_linger_s: float = 0.05
     # The pool's own sandbox policy (a Sandbox): its calls run under it, whatever policy the
     # caller's context carries. None: the caller's.
     sandbox: Any = None
@@ -88,9 +95,14 @@ class PoolConfig:
             if getattr(self, name) < 0:
                 raise ValueError(f"{where}: {name} must be >= 0, got {getattr(self, name)}")
         for name in ("idle_timeout_s", "health_interval_s", "health_timeout_s", "tick_s",
-                     "start_warn_s", "placement_check_s"):
+                     "start_warn_s", "placement_check_s", "lease_term_s"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{where}: {name} must be > 0, got {getattr(self, name)}")
+        if self.lease_linger_s < 0:
+            raise ValueError(f"{where}: lease_linger_s must be >= 0, got {self.lease_linger_s}")
+        if self.dispatch not in ("routed", "direct"):
+            raise ValueError(f"{where}: dispatch must be 'routed' or 'direct', "
+                             f"got {self.dispatch!r}")
         if self.placement not in ("spread", "default"):
             raise ValueError(f"{where}: placement must be 'spread' or 'default', "
                              f"got {self.placement!r}")

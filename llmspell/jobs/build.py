@@ -190,7 +190,8 @@ class Assembly:
                 "max_queue": pool.max_queue, "idle_timeout_s": pool.idle_timeout_s,
                 "num_cpus": pool.resources.num_cpus, "num_gpus": pool.resources.num_gpus,
                 "resources": pool.resources.custom, "placement": pool.placement,
-                "resources_fallback": pool.resources_fallback, "sandbox": pool.sandbox}
+                "resources_fallback": pool.resources_fallback, "sandbox": pool.sandbox,
+                "dispatch": pool.dispatch}
             self.pools[pool.name] = self.runtime.spawn_pool(
                 pool.name, [registry.get(t) for t in pool.tools], job_id=self.job_id,
                 min_replicas=pool.min_replicas, max_replicas=pool.max_replicas,

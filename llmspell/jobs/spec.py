@@ -127,6 +127,9 @@ class PoolSpec(_Strict):
     # or wait for such a node to come back (False)
     resources_fallback: bool = True
     sandbox: Sandbox | None = None  # this pool's policy; default: the job's
+    # "routed": each call goes through the pool's router; "direct": the agents' hosts take
+    # leases on replica slots and call the replicas themselves (less CPU per call)
+    dispatch: Literal["routed", "direct"] = "routed"
 
     @field_validator("max_replicas")
     @classmethod

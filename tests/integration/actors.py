@@ -165,3 +165,19 @@ class LLMCaller(ActorBase):
             return response.text
 
         return list(await asyncio.gather(*(one(i) for i in range(p["calls"]))))
+
+
+class PoolCaller(ActorBase):
+    """Calls a pool's tool from a process of its own: a lease holder other than the driver."""
+
+    async def handle(self, msg: Envelope) -> Any:
+        from llmspell.actors.pool import PoolExecutor
+        from llmspell.tools import ToolContext
+        from tests.integration import pool_tools
+
+        if msg.type != "call":
+            raise ValueError(f"PoolCaller does not handle {msg.type!r}")
+        call = msg.payload
+        tool = getattr(pool_tools, call["tool"])
+        return await PoolExecutor(call["pool"], self.node).execute(
+            tool, call["args"], ToolContext(idempotency_key=call.get("key")))

@@ -30,6 +30,12 @@ from tests.waiting import until
 pytestmark = pytest.mark.ray
 
 
+@pytest.fixture(params=["routed", "direct"])
+def dispatch(request: pytest.FixtureRequest) -> str:
+    """Each pool test runs with calls routed through the router and with leases."""
+    return str(request.param)
+
+
 async def replicas_ready(pool: ToolPoolRef, count: int) -> bool:
     stats = await pool.stats()
     return bool(stats["replicas"] == count and stats["starting"] == 0
@@ -37,8 +43,9 @@ async def replicas_ready(pool: ToolPoolRef, count: int) -> bool:
 
 
 async def test_pool_of_three_serves_calls_routed_from_an_executor(
-        runtime: Runtime, job_id: str) -> None:
-    pool = runtime.spawn_pool("calc", [double], job_id=job_id, min_replicas=3, max_replicas=3,
+        runtime: Runtime, job_id: str, dispatch: str) -> None:
+    pool = runtime.spawn_pool("calc", [double], job_id=job_id, dispatch=dispatch,
+                              min_replicas=3, max_replicas=3,
                               max_concurrency=2)
     await pool.wait_ready()
     # Calls to `double` go to the pool; `pid` (not routed) runs here, in the test process.
@@ -57,9 +64,10 @@ async def test_pool_of_three_serves_calls_routed_from_an_executor(
 
 
 async def test_pool_scales_up_under_a_backlog_and_down_when_idle(
-        runtime: Runtime, job_id: str) -> None:
+        runtime: Runtime, job_id: str, dispatch: str) -> None:
     events = await runtime.subscribe("pool.scaled", job_id=job_id)
-    pool = runtime.spawn_pool("burst", [double], job_id=job_id, min_replicas=1, max_replicas=4,
+    pool = runtime.spawn_pool("burst", [double], job_id=job_id, dispatch=dispatch,
+                              min_replicas=1, max_replicas=4,
                               max_concurrency=1, idle_timeout_s=1.0)
     await pool.wait_ready()
     executor = pool.executor()
@@ -112,9 +120,10 @@ def read_effects(path: Path) -> list[tuple[str, str, int]]:
 
 
 async def test_replica_killed_mid_call_retries_idempotent_calls_only(
-        runtime: Runtime, job_id: str, tmp_path: Path) -> None:
+        runtime: Runtime, job_id: str, dispatch: str, tmp_path: Path) -> None:
     log = tmp_path / "effects.log"
-    pool = runtime.spawn_pool("payments", [double, charge], job_id=job_id, min_replicas=2,
+    pool = runtime.spawn_pool("payments", [double, charge], job_id=job_id, dispatch=dispatch,
+                              min_replicas=2,
                               max_replicas=2, max_concurrency=8)
     await pool.wait_ready()
     executor = pool.executor()
@@ -167,8 +176,9 @@ async def test_replica_killed_mid_call_retries_idempotent_calls_only(
 
 
 async def test_hung_tools_time_out_and_a_frozen_replica_is_replaced(
-        runtime: Runtime, job_id: str) -> None:
-    pool = runtime.spawn_pool("sleepy", [nap, freeze, pid], job_id=job_id, min_replicas=1,
+        runtime: Runtime, job_id: str, dispatch: str) -> None:
+    pool = runtime.spawn_pool("sleepy", [nap, freeze, pid], job_id=job_id, dispatch=dispatch,
+                              min_replicas=1,
                               max_replicas=1, call_grace_s=1.0, health_interval_s=0.5,
                               health_timeout_s=0.5)
     await pool.wait_ready()
@@ -197,8 +207,8 @@ async def test_hung_tools_time_out_and_a_frozen_replica_is_replaced(
 
 
 async def test_bad_arguments_and_unknown_tools_are_tool_errors(
-        runtime: Runtime, job_id: str) -> None:
-    pool = runtime.spawn_pool("shop", [order], job_id=job_id)
+        runtime: Runtime, job_id: str, dispatch: str) -> None:
+    pool = runtime.spawn_pool("shop", [order], job_id=job_id, dispatch=dispatch)
     await pool.wait_ready()
     executor = pool.executor()
     with pytest.raises(ToolArgumentError) as bad:
@@ -215,8 +225,10 @@ async def test_bad_arguments_and_unknown_tools_are_tool_errors(
     assert await executor.execute(order, {"item": "tea", "count": 2}, ToolContext()) == "2 x tea"
 
 
-async def test_a_full_queue_refuses_calls_naming_the_pool(runtime: Runtime, job_id: str) -> None:
-    pool = runtime.spawn_pool("narrow", [double], job_id=job_id, min_replicas=1,
+async def test_a_full_queue_refuses_calls_naming_the_pool(
+        runtime: Runtime, job_id: str, dispatch: str) -> None:
+    pool = runtime.spawn_pool("narrow", [double], job_id=job_id, dispatch=dispatch,
+                              min_replicas=1,
                               max_replicas=1, max_queue=1)
     await pool.wait_ready()
     executor = pool.executor()

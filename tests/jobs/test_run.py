@@ -175,8 +175,9 @@ WRITE_SCENARIO = {"rules": [
 ]}
 
 
+@pytest.mark.parametrize("dispatch", ["routed", "direct"])
 async def test_a_pools_own_sandbox_is_the_one_its_calls_run_under(
-        runtime: Runtime, job_id: str, tmp_path: Path) -> None:
+        runtime: Runtime, job_id: str, tmp_path: Path, dispatch: str) -> None:
     with LocalLLMServer(WRITE_SCENARIO) as server:
         spec = JobSpec.from_data({
             "name": "sandboxed",
@@ -185,7 +186,8 @@ async def test_a_pools_own_sandbox_is_the_one_its_calls_run_under(
                         "tools": ["write_file"]}],
             "sandbox": {"root": str(tmp_path)},  # the job may write below tmp_path...
             "pools": [{"name": "files", "tools": ["write_file"],  # ...its file pool may not
-                       "sandbox": {"root": str(tmp_path), "read_only": True}}]})
+                       "sandbox": {"root": str(tmp_path), "read_only": True},
+                       "dispatch": dispatch}]})
         result = await run(spec, {"input": "write a note"}, runtime=runtime, job_id=job_id)
     assert result.ok and result.output == "tried"
     wrote = [r for r in payloads_of(await result.events(), "agent.tool.result")]
