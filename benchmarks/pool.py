@@ -132,29 +132,40 @@ async def bench_scale_up(rt: Runtime, job: str, backlog: int = 60) -> dict[str, 
 async def bench_overhead(rt: Runtime, job: str, n: int) -> dict[str, float]:
     pool = rt.spawn_pool(f"noop-{new_id()[-6:]}", [noop], job_id=job, min_replicas=1,
                          max_replicas=1)
+    direct = rt.spawn_pool(f"noop-direct-{new_id()[-6:]}", [noop], job_id=job,
+                           min_replicas=1, max_replicas=1, dispatch="direct")
     await pool.wait_ready(timeout=120)
-    executor = pool.executor()
+    await direct.wait_ready(timeout=120)
+    executor, direct_executor = pool.executor(), direct.executor()
     raw = ray.remote(RawToolActor).options(num_cpus=0).remote(noop)
 
     async def pool_call() -> None:
         await executor.execute(noop, {"i": 1}, ToolContext())
 
+    async def direct_call() -> None:
+        await direct_executor.execute(noop, {"i": 1}, ToolContext())
+
     async def raw_call() -> None:
         await raw.call.remote({"i": 1})
 
-    pool_lat, raw_lat = [], []
-    for _ in range(20):  # interleaved rounds: both paths see the same machine
-        for call, samples in ((pool_call, pool_lat), (raw_call, raw_lat)):
+    pool_lat, direct_lat, raw_lat = [], [], []
+    for _ in range(20):  # interleaved rounds: every path sees the same machine
+        for call, samples in ((pool_call, pool_lat), (direct_call, direct_lat),
+                              (raw_call, raw_lat)):
             for _ in range(max(1, n // 20)):
                 started = time.perf_counter()
                 await call()
                 samples.append(time.perf_counter() - started)
     await pool.stop()
+    await direct.stop()
     ray.kill(raw)
-    pool_p50 = statistics.median(pool_lat[n // 10:]) * 1e3  # the first calls warm both
+    pool_p50 = statistics.median(pool_lat[n // 10:]) * 1e3  # the first calls warm them
+    direct_p50 = statistics.median(direct_lat[n // 10:]) * 1e3
     raw_p50 = statistics.median(raw_lat[n // 10:]) * 1e3
     return {"pool_call_p50_ms": round(pool_p50, 3), "ray_call_p50_ms": round(raw_p50, 3),
-            "pool_call_overhead_ms": round(pool_p50 - raw_p50, 3)}
+            "pool_call_overhead_ms": round(pool_p50 - raw_p50, 3),
+            "pool_direct_call_p50_ms": round(direct_p50, 3),
+            "pool_direct_call_overhead_ms": round(direct_p50 - raw_p50, 3)}
 
 
 def serve_defaults() -> dict[str, Any]:
@@ -225,6 +236,7 @@ def table(results: dict[str, Any]) -> str:
          f"{results.get('serve_default_downscale_delay_s', '?')}"),
         ("no-op call p50, ms (pool vs a raw Ray actor call)", results["pool_call_p50_ms"],
          f"{results['ray_call_p50_ms']} (raw)"),
+        ("  same, dispatch direct (leases), ms", results["pool_direct_call_p50_ms"], ""),
     ]
     out += [f"{name:52} {a!s:>9} {b!s:>14}" for name, a, b in rows]
     if not results.get("serve_installed"):

@@ -1,8 +1,9 @@
 """Direct dispatch: the caller runs its pool calls on the replicas itself, under leases.
 
 A pool with `dispatch="direct"` lends its replica slots out. A lease is one slot of one replica;
-the router's scheduler counts it as a call in flight, so the queue, its bound, the placement and
-the scaling work as for routed calls. The caller's process keeps its leases in one
+the router's scheduler counts it as a call in flight, so the placement and the scaling work as
+for routed calls; a call waits for a lease in its own process, where the pool's `max_queue`
+bounds the waiting calls (past the first). The caller's process keeps its leases in one
 `LeaseHolder` per pool, shared by every agent in the process: a call takes a free lease, asks
 the replica straight, and gives the lease back for the next call. The router hears of it only
 when a lease is asked for (none free here), and when one is returned: after `lease_term_s`, so
@@ -248,8 +249,9 @@ class LeaseHolder:
         if any(self._counts.values()):
             self._return(None)
         self._pump()  # withdraws a request nobody waits for
-        pending = [*self._sending, *([self._request] if self._request is not None else [])]
-        await asyncio.gather(*pending, return_exceptions=True)
+        pending = {*self._sending, *([self._request] if self._request is not None else [])}
+        if pending:  # bounded: a router that does not answer must not hold up a stats read
+            await asyncio.wait(pending, timeout=10.0)
         await self.node.flush()
 
     # -- asking the router ------------------------------------------------------------------

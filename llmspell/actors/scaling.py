@@ -70,7 +70,8 @@ class PoolConfig:
     # "routed": every call goes caller -> router -> replica. "direct": the caller's process
     # takes leases on replica slots from the router and calls the replicas itself (one Ray
     # call per tool call, the router out of the path; see llmspell.actors.leases). A lease goes
-    # back after `lease_term_s` (other callers' turn) or `lease_linger_s` unused.
+    # back after `lease_term_s` (other callers' turn) or `lease_linger_s` unused. Calls then
+    # wait for a lease in their own process, where `max_queue` bounds them (past the first).
     dispatch: Literal["routed", "direct"] = "routed"
     lease_term_s: float = 1.0
     lease_linger_s: float = 0.05
