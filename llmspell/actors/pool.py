@@ -809,13 +809,18 @@ class PoolExecutor:
                     "key": payload["idempotency_key"], "idempotent": payload["idempotent"]}
             try:
                 holder = holder_for(self.node, self.address, self.max_queue)
-                return await run_direct(holder, tool, call, limit)
+                outcome = await run_direct(holder, tool, call, limit)
             except Routed:
                 self.direct = False
+            else:
+                self.direct = True
+                return outcome
         return await self._ask(tool.name, payload, limit)
 
     def _give_up(self, ask: asyncio.Future[Outcome], key: str) -> None:
         ask.cancel()
+        if self.direct:
+            return  # a leased call is withdrawn here: it stops waiting for its lease
         task = asyncio.ensure_future(self._withdraw(key))
         _withdrawals.add(task)  # held until sent: a task nobody references may be collected
         task.add_done_callback(_withdrawals.discard)
