@@ -32,7 +32,10 @@ from llmspell.actors.outcomes import (
     error_from_wire,
     error_to_wire,
     failure,
-    make_tool_error,
+    gave_up,
+    hung,
+    lost_not_retried,
+    queue_timeout,
 )
 from llmspell.runtime.errors import (
     ActorNotFound,
@@ -44,7 +47,7 @@ from llmspell.runtime.errors import (
 from llmspell.runtime.messages import Priority, new_id
 from llmspell.runtime.node import Node
 from llmspell.tools.base import Tool
-from llmspell.tools.errors import ToolError, ToolTimeout, ToolUnavailable
+from llmspell.tools.errors import ToolError, ToolUnavailable
 
 __all__ = ["LeaseHolder", "Routed", "flush_leases", "holder_for", "run_direct"]
 
@@ -139,12 +142,7 @@ class LeaseHolder:
         except BaseException as exc:
             self._abandon(waiter.future)
             if isinstance(exc, TimeoutError):
-                retried = (f" (retried after replica {lost_on!r} was lost under it)"
-                           if lost_on else "")
-                raise make_tool_error(
-                    ToolTimeout, tool, f"no result within {budget or 0:g}s: the deadline "
-                    f"passed while the call waited for a free replica of pool {self.pool!r}"
-                    f"{retried}", timeout=budget) from None
+                raise queue_timeout(tool, budget, self.pool, lost_on) from None
             raise
         finally:
             with contextlib.suppress(ValueError):
@@ -399,12 +397,9 @@ async def _attempts(holder: LeaseHolder, tool: Tool, call: dict[str, Any],
                                  budget)
         except _Lost as lost:
             if not idempotent:
-                return _failure(ToolUnavailable(
-                    tool.name, f"replica {lost.replica!r} died during the call; not retried "
-                               f"because tool {tool.name!r} is not idempotent"))
+                return _failure(lost_not_retried(tool.name, lost.replica))
             if attempt >= lease.max_retries:
-                return _failure(ToolUnavailable(
-                    tool.name, f"{attempt + 1} replicas died under this call; giving up"))
+                return _failure(gave_up(tool.name, attempt + 1))
             holder.count_retry()
             lost_on, attempt = lost.replica, attempt + 1
 
@@ -428,10 +423,7 @@ async def _run_on(holder: LeaseHolder, lease: Lease, tool: Tool, call: dict[str,
         raise
     except AskTimeout:
         await holder.report(lease, hung=True)
-        return _failure(make_tool_error(
-            ToolTimeout, tool.name, f"no result within {budget or ask_timeout:g}s "
-            f"(replica {lease.replica!r} did not answer; it leaves rotation)",
-            timeout=budget or ask_timeout))
+        return _failure(hung(tool.name, budget or ask_timeout, lease.replica))
     except (ActorUnavailable, ActorNotFound) as exc:
         await holder.report(lease, lost=str(exc))
         raise _Lost(lease.replica) from None

@@ -22,7 +22,8 @@ from llmspell.tools.errors import (
 )
 
 __all__ = ["Outcome", "PoolQueueFull", "error_from_wire", "error_to_wire", "failure",
-           "make_tool_error", "packable"]
+           "gave_up", "hung", "lost_not_retried", "make_tool_error", "packable",
+           "queue_timeout"]
 
 Outcome = dict[str, Any]
 
@@ -87,3 +88,26 @@ def packable(value: Any) -> bool:
     except (TypeError, ValueError, OverflowError):
         return False
     return True
+
+
+# -- the failures of the pool machinery, in the same words whoever dispatched the call ---------
+
+def lost_not_retried(tool: str, replica: str) -> ToolUnavailable:
+    return ToolUnavailable(tool, f"replica {replica!r} died during the call; not retried "
+                                 f"because tool {tool!r} is not idempotent")
+
+
+def gave_up(tool: str, attempts: int) -> ToolUnavailable:
+    return ToolUnavailable(tool, f"{attempts} replicas died under this call; giving up")
+
+
+def hung(tool: str, seconds: float, replica: str) -> ToolError:
+    return make_tool_error(ToolTimeout, tool, f"no result within {seconds:g}s (replica "
+                           f"{replica!r} did not answer; it leaves rotation)", timeout=seconds)
+
+
+def queue_timeout(tool: str, budget: float | None, pool: str, lost_on: str | None) -> ToolError:
+    retried = f" (retried after replica {lost_on!r} was lost under it)" if lost_on else ""
+    return make_tool_error(
+        ToolTimeout, tool, f"no result within {budget or 0:g}s: the deadline passed while the "
+        f"call waited for a free replica of pool {pool!r}{retried}", timeout=budget)

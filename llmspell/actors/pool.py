@@ -43,8 +43,12 @@ from llmspell.actors.outcomes import (
     error_from_wire,
     error_to_wire,
     failure,
+    gave_up,
+    hung,
+    lost_not_retried,
     make_tool_error,
     packable,
+    queue_timeout,
 )
 from llmspell.actors.scaling import (
     Deduper,
@@ -353,15 +357,11 @@ class PoolRouter(ActorBase):
                 return self._count(failure(Cancelled("withdrawn by its caller"), name))
             except _Lost as lost:
                 if not idempotent:
-                    return self._count(failure(ToolUnavailable(
-                        name, f"replica {lost.replica!r} died during the call; not retried "
-                              f"because tool {name!r} is not idempotent"), name))
+                    return self._count(failure(lost_not_retried(name, lost.replica), name))
                 lost_on = lost.replica
                 if attempt < self.pool.max_retries:
                     self.sched.counters.retried += 1
-        return self._count(failure(ToolUnavailable(
-            name, f"{self.pool.max_retries + 1} replicas died under this call; giving up"),
-            name))
+        return self._count(failure(gave_up(name, self.pool.max_retries + 1), name))
 
     # -- leases (dispatch "direct") ---------------------------------------------------------
 
@@ -473,11 +473,7 @@ class PoolRouter(ActorBase):
             raise
         except TimeoutError:
             self._grant(self.sched.withdraw(cid))
-            retried = f" (retried after replica {lost_on!r} was lost under it)" if lost_on else ""
-            raise make_tool_error(
-                ToolTimeout, tool, f"no result within {budget or 0:g}s: the deadline passed while "
-                f"the call waited for a free replica of pool {self.address!r}{retried}",
-                timeout=budget) from None
+            raise queue_timeout(tool, budget, self.address, lost_on) from None
         finally:
             self._waiters.pop(cid, None)
 
@@ -532,10 +528,7 @@ class PoolRouter(ActorBase):
         except AskTimeout:
             # Its own timeout should have answered long ago: the replica is hung.
             self._hung(rid)
-            raise make_tool_error(
-                ToolTimeout, call["tool"], f"no result within {budget or ask_timeout:g}s "
-                f"(replica {rid!r} did not answer; it leaves rotation)",
-                timeout=budget or ask_timeout) from None
+            raise hung(call["tool"], budget or ask_timeout, rid) from None
         except (ActorUnavailable, ActorNotFound) as exc:
             self._evict(rid, f"died during a call: {exc}")
             raise _Lost(rid) from None
