@@ -101,6 +101,7 @@ class LeaseHolder:
         self._idle: deque[Lease] = deque()
         self._waiters: deque[_Waiter] = deque()
         self._busy = 0  # leases lent to a call now
+        self._calls = 0  # calls in progress through this holder (kept until they are counted)
         self._request: asyncio.Task[None] | None = None
         self._request_id = ""
         self._withdrawing = False
@@ -327,7 +328,8 @@ class LeaseHolder:
 
     def _forget_if_unused(self) -> None:
         """Nothing is held per pool once this process has no lease, call or request on it."""
-        if self._idle or self._waiters or self._request is not None or self._busy:
+        if self._idle or self._waiters or self._request is not None or self._busy \
+                or self._calls:
             return
         holders = _HOLDERS.get(self.node)
         if holders is not None and holders.get(self.pool) is self:
@@ -376,8 +378,13 @@ async def run_direct(holder: LeaseHolder, tool: Tool, call: dict[str, Any],
     """Run `call` (tool, arguments, ctx, key, idempotent) on a leased replica; the outcome as
     data, as the router would answer it. A call lost with its replica runs again when that
     cannot duplicate an effect. Raises Routed when the pool routes its calls itself."""
-    outcome = await _attempts(holder, tool, call, budget)
-    return holder.count(outcome)
+    holder._calls += 1
+    try:
+        outcome = await _attempts(holder, tool, call, budget)
+        return holder.count(outcome)
+    finally:
+        holder._calls -= 1
+        holder._forget_if_unused()
 
 
 async def _attempts(holder: LeaseHolder, tool: Tool, call: dict[str, Any],

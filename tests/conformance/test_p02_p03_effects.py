@@ -25,14 +25,15 @@ from tests.conformance.fakes import Pay, PayBlind
 from tests.conformance.history import rows
 from tests.waiting import until
 
-pytestmark = pytest.mark.ray
+pytestmark = [pytest.mark.ray, pytest.mark.parametrize("dispatch", ["routed", "direct"])]
 
 CALLS = 1_000
 
 
 async def test_a_replica_killed_with_1000_calls_in_flight(
-        runtime: Runtime, job_id: str, history: str) -> None:
-    pool = runtime.spawn_pool("payments", [Pay()], job_id=job_id, min_replicas=2,
+        runtime: Runtime, job_id: str, history: str, dispatch: str) -> None:
+    pool = runtime.spawn_pool("payments", [Pay()], job_id=job_id, dispatch=dispatch,
+                              min_replicas=2,
                               max_replicas=2, max_concurrency=CALLS, max_queue=CALLS)
     await pool.wait_ready()
     executor = pool.executor()
@@ -73,8 +74,9 @@ async def test_a_replica_killed_with_1000_calls_in_flight(
 
 
 async def test_a_crash_between_commit_and_ack_is_reconciled_not_rerun(
-        runtime: Runtime, job_id: str, history: str) -> None:
-    pool = runtime.spawn_pool("payments", [Pay(), PayBlind()], job_id=job_id, min_replicas=2,
+        runtime: Runtime, job_id: str, history: str, dispatch: str) -> None:
+    pool = runtime.spawn_pool("payments", [Pay(), PayBlind()], job_id=job_id, dispatch=dispatch,
+                              min_replicas=2,
                               max_replicas=2, max_concurrency=4)
     await pool.wait_ready()
     executor = pool.executor()

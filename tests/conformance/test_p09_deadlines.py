@@ -17,14 +17,15 @@ from tests.conformance.fakes import Hang, Work
 from tests.conformance.history import rows
 from tests.waiting import until
 
-pytestmark = pytest.mark.ray
+pytestmark = [pytest.mark.ray, pytest.mark.parametrize("dispatch", ["routed", "direct"])]
 
 DEADLINE, GRACE, MARGIN = 1.0, 1.0, 5.0
 
 
 async def test_a_hung_tool_times_out_and_its_replica_leaves_rotation(
-        runtime: Runtime, job_id: str, history: str) -> None:
-    pool = runtime.spawn_pool("tools", [Hang(), Work()], job_id=job_id, min_replicas=2,
+        runtime: Runtime, job_id: str, history: str, dispatch: str) -> None:
+    pool = runtime.spawn_pool("tools", [Hang(), Work()], job_id=job_id, dispatch=dispatch,
+                              min_replicas=2,
                               max_replicas=2, max_concurrency=4, call_grace_s=GRACE)
     await pool.wait_ready()
     executor = pool.executor()
