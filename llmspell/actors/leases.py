@@ -27,6 +27,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from llmspell.actors.outcomes import (
+    LEASE,
+    NO_DEADLINE_S,
+    RELEASE,
+    RUN,
+    WITHDRAW,
     Outcome,
     PoolQueueFull,
     error_from_wire,
@@ -51,11 +56,6 @@ from llmspell.tools.errors import ToolError, ToolUnavailable
 
 __all__ = ["LeaseHolder", "Routed", "flush_leases", "holder_for", "run_direct"]
 
-LEASE = "pool.lease"
-RELEASE = "pool.release"
-RUN = "pool.run"
-WITHDRAW = "pool.withdraw"
-NO_DEADLINE_S = 86_400.0
 _COUNTS = ("completed", "failed", "timed_out", "retried", "rejected")
 
 
@@ -284,7 +284,7 @@ class LeaseHolder:
                 timeout=NO_DEADLINE_S if budget is None else budget + 30.0)
         except Exception as exc:  # the router gone or failing: the waiting calls hear why
             reply = {"ok": False, "error": error_to_wire(
-                _unavailable(waiter.tool, self.pool, exc), waiter.tool), "fatal": True}
+                _unavailable(waiter.tool, self.pool, exc), waiter.tool)}
         finally:
             self._request = None
         self._answered(waiter, reply)

@@ -1,4 +1,4 @@
-"""Pool call outcomes as data: how a call's result or error travels between processes.
+"""What travels between a pool's processes: its message types, and call outcomes as data.
 
 A tool's error reaches the caller as the same ToolError subclass, fields included, whether the
 call was routed through the pool's router or run on a leased replica directly.
@@ -21,11 +21,22 @@ from llmspell.tools.errors import (
     ToolUnavailable,
 )
 
-__all__ = ["Outcome", "PoolQueueFull", "error_from_wire", "error_to_wire", "failure",
+__all__ = ["CALL", "LEASE", "NO_DEADLINE_S", "RELEASE", "RUN", "SCALE", "STATS", "WITHDRAW",
+           "Outcome", "PoolQueueFull", "error_from_wire", "error_to_wire", "failure",
            "gave_up", "hung", "lost_not_retried", "make_tool_error", "packable",
            "queue_timeout"]
 
 Outcome = dict[str, Any]
+
+CALL = "pool.call"
+RUN = "pool.run"
+STATS = "pool.stats"
+WITHDRAW = "pool.withdraw"  # a caller gave up on a call (or a lease request), by its key
+SCALE = "pool.scale_to"
+LEASE = "pool.lease"  # a direct pool's caller asks for a slot to call a replica on itself
+RELEASE = "pool.release"  # ... and gives it back, with the outcomes of the calls it ran there
+# A call with no deadline at all (a tool without timeout) still gets an ask timeout: a day.
+NO_DEADLINE_S = 86_400.0
 
 
 class PoolQueueFull(ToolUnavailable):

@@ -38,6 +38,14 @@ from ray.exceptions import RayActorError, RayTaskError
 from llmspell.actors.base import ActorBase
 from llmspell.actors.leases import Routed, flush_leases, holder_for, run_direct
 from llmspell.actors.outcomes import (
+    CALL,
+    LEASE,
+    NO_DEADLINE_S,
+    RELEASE,
+    RUN,
+    SCALE,
+    STATS,
+    WITHDRAW,
     Outcome,
     PoolQueueFull,
     error_from_wire,
@@ -88,16 +96,7 @@ __all__ = [
     "error_from_wire", "error_to_wire", "pool_config", "router_options",
 ]
 
-CALL = "pool.call"
-RUN = "pool.run"
-STATS = "pool.stats"
-WITHDRAW = "pool.withdraw"  # the caller of a call (by its idempotency key) gave up on it
 WITHDRAWN_TTL_S = 60.0
-SCALE = "pool.scale_to"
-LEASE = "pool.lease"  # a direct pool's caller asks for a slot to call a replica on itself
-RELEASE = "pool.release"  # ... and gives it back, with the outcomes of the calls it ran there
-# A call with no deadline at all (a tool without timeout) still gets an ask timeout: a day.
-NO_DEADLINE_S = 86_400.0
 
 
 def _plain_result(value: Any) -> Any:
