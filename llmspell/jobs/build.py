@@ -349,7 +349,7 @@ class Assembly:
         reduce: Any = {"concat": _concat, "list": _as_list}.get(s.reduce) if isinstance(
             s.reduce, str) else self.step(s.reduce, env)
         return MapReduce(name, self._steps(s.mapper, env), split=SPLITTERS[s.split],
-                         reduce=reduce, concurrency=s.concurrency,
+                         reduce=reduce, concurrency=s.concurrency, prefetch=s.prefetch,
                          allow_partial=s.allow_partial, description=s.description)
 
     def _pipeline(self, s: p.PipelineSpec, name: str, env: AgentEnv) -> Pipeline:

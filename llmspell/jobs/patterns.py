@@ -117,6 +117,7 @@ class MapReduceSpec(_Pattern):
     reduce: StepSpec | Literal["concat", "list"] = "list"
     concurrency: int | None = Field(default=None, ge=1)
     allow_partial: bool = False
+    prefetch: int | None = Field(default=None, ge=0)  # None: 1 for agents (see MapReduce)
 
     @model_validator(mode="before")
     @classmethod

@@ -167,6 +167,21 @@ async def test_loop_map_reduce_and_pipeline(
     mr_runs = [b for b, _ in runs(events) if b.startswith("mr/")]
     assert sorted(set(mr_runs)) == ["mr/m0", "mr/m1", "mr/m2", "mr/reducer"]
     assert len(mr_runs) == 7
+    # Prefetch: a mapper was sent its next item while it still ran one (the driver's events)...
+    held: dict[str, int] = {}
+    most = 0
+    for e in events:
+        if e.topic in ("workflow.step.started", "workflow.step.finished") and \
+                e.payload["branch"] == "mr" and e.payload["step"] != "reducer":
+            held[e.payload["step"]] = held.get(e.payload["step"], 0) + (
+                1 if e.topic == "workflow.step.started" else -1)
+            most = max(most, *held.values())
+    assert most == 2
+    # ...and each mapper still ran one item at a time (its actor's events, in its order).
+    for name in ("m0", "m1", "m2"):
+        marks = [e.topic for e in events if e.topic in ("agent.run.started", "agent.run.finished")
+                 and e.payload.get("branch") == f"mr/{name}"]
+        assert marks == ["agent.run.started", "agent.run.finished"] * (len(marks) // 2)
     assert sorted(b for b, _ in runs(events) if b.startswith("pipe/")) == \
         ["pipe/s1"] * 4 + ["pipe/s2"] * 4
     [split] = [e.payload for e in events if e.topic == "workflow.split"]

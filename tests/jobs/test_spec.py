@@ -93,11 +93,14 @@ pattern:
     - {agent: a, tool: calculator}
     - pattern: {kind: conditional, branches: {x: a}, when: [{if: "true", then: y}]}
     - pattern: {kind: consensus, agents: [a, b], strategy: judge}
+    - pattern: {kind: map_reduce, mapper: a, prefetch: -1}
 """)
     assert found["pattern.steps[0]"].startswith("a step names exactly one of agent, tool or "
                                                 "pattern (got agent, tool)")
     assert "'y' is not a branch" in found["pattern.steps[1].pattern"]
     assert "judge strategy needs a `judge`" in found["pattern.steps[2].pattern"]
+    assert found["pattern.steps[3].pattern.prefetch"] == \
+        "Input should be greater than or equal to 0"
 
 
 def test_a_job_of_several_agents_needs_a_pattern_and_bad_files_say_where() -> None:

@@ -102,7 +102,7 @@ class Builder:
                                  reduce=(self.function(reduce) if is_lua_function(reduce)
                                          else None if reduce is None
                                          else await self.step(reduce)),
-                                 concurrency=s.get("concurrency"),
+                                 concurrency=s.get("concurrency"), prefetch=s.get("prefetch"),
                                  allow_partial=bool(s.get("allow_partial", False)), **common)
             case "pipeline":
                 return Pipeline(name, await self.steps(s.get("stages")),

@@ -139,6 +139,12 @@ def summarize(failed: Iterable[tuple[str, RunResult]], limit: int = 10) -> str:
 _REMOTE: dict[type, bool] = {}  # by target class: inspecting a signature per step costs
 
 
+def queues_runs(step: Any) -> bool:
+    """True for an agent in an actor: it runs its messages one at a time, so a second run sent
+    to it waits in its mailbox instead of running alongside the first."""
+    return _remote(step) is not None
+
+
 def _remote(step: Any) -> Any:
     """The agent in an actor behind a step (an AgentHandle: its run takes a run id and it has
     `cancel`, so a run can be stopped across processes), or None."""
@@ -359,20 +365,38 @@ class Block:
 
 
 async def run_pool(count: int, concurrency: int, work: Callable[[int, int], Awaitable[None]],
-                   token: CancelToken) -> None:
+                   token: CancelToken, *, prefetch: Callable[[int], int] | None = None) -> None:
     """`work(worker, index)` for every index on `concurrency` workers: each free worker takes
-    the next index, until none is left or the token is cancelled."""
-    indexes = iter(range(count))
+    the next index, until none is left or the token is cancelled.
 
-    async def worker(w: int) -> None:
-        for i in indexes:  # one iterator shared by the workers: each index is taken once
-            if token.cancelled:
-                return
-            await work(w, i)
+    `prefetch(worker)`: how many more indexes the worker may hold, queued behind the one it is
+    working on, so that it never waits for its next one (an agent in an actor runs its
+    messages one at a time, and without a queued one it idles for the round trip between two).
+    While fewer than `concurrency` indexes are left, a worker takes one only when it holds
+    none: the last ones go to whichever worker is free, not behind a busy one."""
+    workers = max(1, min(concurrency, count))
+    taken = 0
+    held = [0] * workers
+
+    def take(w: int) -> int | None:
+        nonlocal taken
+        if token.cancelled or taken >= count or (held[w] and count - taken < workers):
+            return None
+        taken += 1
+        held[w] += 1
+        return taken - 1
+
+    async def lane(w: int) -> None:
+        while (i := take(w)) is not None:
+            try:
+                await work(w, i)
+            finally:
+                held[w] -= 1
 
     async with asyncio.TaskGroup() as group:
-        for w in range(max(1, min(concurrency, count))):
-            group.create_task(worker(w))
+        for w in range(workers):
+            for _ in range(1 + (prefetch(w) if prefetch is not None else 0)):
+                group.create_task(lane(w))
 
 
 def join_reason(*parts: str) -> str:

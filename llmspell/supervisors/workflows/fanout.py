@@ -22,6 +22,7 @@ from llmspell.supervisors.workflows._core import (
     is_function,
     item_text,
     join_reason,
+    queues_runs,
     run_pool,
     summarize,
     to_step,
@@ -69,7 +70,6 @@ class Parallel(Workflow):
         self.k = {"all": len(self.branches), "any": 1, "first_k": k}[join]
         self.allow_partial = allow_partial
         self.merge = _rules(merge)
-
     async def _execute(self, input: str, ctx: ToolContext, inputs: dict[str, Any],
                        cp: Checkpoint) -> RunResult:
         block = Block(ctx, self.merge)
@@ -204,18 +204,29 @@ class MapReduce(Workflow):
     `reduce`: a step that receives the mapped outputs as a JSON list, or a plain function of
     the list; None returns the list. A failed item is reported by index with its reason; the
     workflow then fails without reducing, unless `allow_partial` (reduce what completed).
+
+    `prefetch`: items a worker holds queued behind the one it runs, so that it goes straight
+    from one item to the next instead of idling for the round trip to this workflow (about 6 ms
+    an item here, 10% of a 50 ms model call). None: 1 for an agent in an actor (its runs queue
+    in its mailbox, so at most `concurrency` items still run at once), 0 for any other step
+    (a second call would run alongside the first). The last `concurrency` items are never
+    queued: they go to whichever worker is free. A queued item's `workflow.step.started` is
+    published when it is sent, and its wait counts toward the run's timeout.
     """
 
     def __init__(self, name: str, mapper: Any, *, split: Split | None = None,
                  reduce: Any = None, concurrency: int | None = None,
                  allow_partial: bool = False, merge: Rules = None, description: str = "",
-                 checkpoint: bool = True) -> None:
+                 checkpoint: bool = True, prefetch: int | None = None) -> None:
         super().__init__(name, description=description, checkpoint=checkpoint)
         pool = list(mapper) if isinstance(mapper, (list, tuple)) else [mapper]
         if not pool:
             raise SpecError(f"map-reduce {name!r}: give at least one mapper")
         if concurrency is not None and concurrency < 1:
             raise SpecError(f"map-reduce {name!r}: concurrency must be at least 1")
+        if prefetch is not None and (type(prefetch) is not int or prefetch < 0):
+            raise SpecError(f"map-reduce {name!r}: prefetch must be a whole number, at least 0;"
+                            f" got {prefetch!r}")
         self.mappers: list[Step] = [to_step(m) for m in pool]
         self.split = split
         self.reduce = reduce
@@ -224,6 +235,12 @@ class MapReduce(Workflow):
         self.concurrency = concurrency or len(self.mappers)
         self.allow_partial = allow_partial
         self.merge = _rules(merge)
+        self.prefetch = prefetch
+
+    def _prefetch(self, worker: int) -> int:
+        if self.prefetch is not None:
+            return self.prefetch
+        return 1 if queues_runs(self.mappers[worker % len(self.mappers)]) else 0
 
     async def _execute(self, input: str, ctx: ToolContext, inputs: dict[str, Any],
                        cp: Checkpoint) -> RunResult:
@@ -266,7 +283,7 @@ class MapReduce(Workflow):
                                          block.branch(f"{step.name}[{i}]"), index=i,
                                          step_id=f"m{i}", cp=cp, inputs=inputs)
 
-        await run_pool(len(items), self.concurrency, work, block.token)
+        await run_pool(len(items), self.concurrency, work, block.token, prefetch=self._prefetch)
         return [r if r is not None else _cancelled(f"item {i}", "not started: "
                                                    f"{block.token.reason}")
                 for i, r in enumerate(results)]
