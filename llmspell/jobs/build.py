@@ -370,7 +370,7 @@ class Assembly:
         split = SPLITTERS[s.split]
         return WorkerSwarm(name, self._agents(s.workers),
                            tasks=split if split is not None else _json_tasks,
-                           description=s.description)
+                           prefetch=s.prefetch, description=s.description)
 
     def _consensus(self, s: p.ConsensusSpec, name: str, env: AgentEnv) -> Consensus:
         judge = self.handles[s.judge] if s.judge is not None else None

@@ -167,6 +167,7 @@ class WorkerSwarmSpec(_Pattern):
     kind: Literal["worker_swarm"]
     workers: list[str] = Field(min_length=1)
     split: Split = "json"
+    prefetch: int | None = Field(default=None, ge=0)  # None: 1 for agents (see WorkerSwarm)
 
 
 class ConsensusSpec(_Pattern):

@@ -33,6 +33,7 @@ from llmspell.llm.types import Usage
 from llmspell.runtime.errors import Cancelled, HookCancelled
 from llmspell.runtime.hooks import HookPoint
 from llmspell.runtime.messages import new_id
+from llmspell.supervisors.workers import is_remote_agent
 from llmspell.tools.agent_tool import AgentTool
 from llmspell.tools.base import Tool, render_result
 from llmspell.tools.context import ToolContext
@@ -292,7 +293,7 @@ async def run_watched(step: Step, input: str, ctx: ToolContext, *,
     result.
     """
     target = getattr(step, "target", None)
-    run_id = new_id() if _remote_cancellable(target) else None
+    run_id = new_id() if is_remote_agent(target) else None
     task = asyncio.ensure_future(_run_member(step, target, run_id, input, ctx))
     stop = asyncio.ensure_future(ctx.cancel.wait())
     try:
@@ -352,16 +353,6 @@ def _cooperative(step: Any) -> bool:
     """An agent or a pattern in this process: it watches its cancel token."""
     inner = step.step if isinstance(step, Bind) else step
     return isinstance(inner, Pattern) or isinstance(getattr(inner, "target", None), Agent)
-
-
-def _remote_cancellable(target: Any) -> bool:
-    """An agent in an actor (AgentHandle): its run takes a run id it can be cancelled by."""
-    if not callable(getattr(target, "cancel", None)):
-        return False
-    try:
-        return "run_id" in inspect.signature(target.run).parameters
-    except (AttributeError, TypeError, ValueError):
-        return False
 
 
 # -- small helpers ----------------------------------------------------------------------------

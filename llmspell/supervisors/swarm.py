@@ -45,6 +45,7 @@ from llmspell.supervisors.base import (
     output_text,
     run_watched,
 )
+from llmspell.supervisors.workers import check_prefetch, prefetch_for, run_pool
 from llmspell.tools.context import StateAccess, ToolContext
 
 __all__ = ["HandoffRecord", "Swarm", "SwarmResult", "WorkerSwarm", "WorkerSwarmResult"]
@@ -339,20 +340,26 @@ class WorkerSwarmResult(RunResult):
 class WorkerSwarm(Pattern):
     """N workers pull subtasks from a shared queue until it is empty. `tasks` is a list, a
     function of the input, or None (the input is a JSON array, or one task per line).
-    The output is the outputs in task order, or `merge(results)`."""
+    The output is the outputs in task order, or `merge(results)`.
+
+    `prefetch`: tasks a worker holds queued behind the one it runs (None: 1 for an agent in an
+    actor, whose runs queue in its mailbox; 0 for any other worker). See MapReduce."""
 
     kind = "swarm"
 
     def __init__(self, name: str, workers: Sequence[Any], tasks: Tasks = None, *,
-                 merge: Merge | None = None, description: str = "") -> None:
+                 merge: Merge | None = None, description: str = "",
+                 prefetch: int | None = None) -> None:
         super().__init__(name, description=description)
         self.workers = [as_step(w) for w in workers]
         names = [w.name for w in self.workers]
         if not names or len(set(names)) != len(names):
             raise SpecError(f"worker swarm {name!r} needs workers with distinct names, "
                             f"got {names}")
+        check_prefetch(f"worker swarm {name!r}", prefetch)
         self.tasks = tasks
         self.merge = merge
+        self.prefetch = prefetch
 
     async def run(self, input: str, *, ctx: ToolContext | None = None,
                   inputs: dict[str, Any] | None = None) -> RunResult:
@@ -360,14 +367,13 @@ class WorkerSwarm(Pattern):
 
     async def _run(self, input: str, ctx: ToolContext, inputs: dict[str, Any]) -> RunResult:
         tasks = self._tasks(input)
-        queue: asyncio.Queue[int] = asyncio.Queue()
-        for index in range(len(tasks)):
-            queue.put_nowait(index)
         results: list[RunResult | None] = [None] * len(tasks)
         who = [""] * len(tasks)
-        async with asyncio.TaskGroup() as group:
-            for worker in self.workers:
-                group.create_task(self._work(worker, tasks, queue, results, who, ctx))
+
+        async def work(w: int, index: int) -> None:
+            results[index] = await self._work(self.workers[w], tasks[index], index, who, ctx)
+
+        await run_pool(len(tasks), len(self.workers), work, ctx.cancel, prefetch=self._prefetch)
         ctx.cancel.raise_if_cancelled()
         done = [r for r in results if r is not None]
         failed = [i for i, r in enumerate(results) if r is None or not r.ok]
@@ -378,21 +384,19 @@ class WorkerSwarm(Pattern):
         base = self.result(status, output=output, reason=reason, children=done)
         return WorkerSwarmResult(**dict(base), tasks=tasks, workers=who, failed=failed)
 
-    async def _work(self, worker: Step, tasks: list[str], queue: asyncio.Queue[int],
-                    results: list[RunResult | None], who: list[str], ctx: ToolContext) -> None:
-        while not ctx.cancel.cancelled:
-            try:
-                index = queue.get_nowait()
-            except asyncio.QueueEmpty:
-                return
-            who[index] = worker.name
-            ctx.publish("swarm.task.started", {"swarm": self.name, "worker": worker.name,
-                                               "index": index})
-            result = await run_watched(worker, tasks[index], ctx)
-            results[index] = result
-            ctx.publish("swarm.task.finished", {"swarm": self.name, "worker": worker.name,
-                                                "index": index, "status": str(result.status),
-                                                "reason": result.reason[:500]})
+    def _prefetch(self, worker: int) -> int:
+        return prefetch_for(self.workers[worker], self.prefetch)
+
+    async def _work(self, worker: Step, task: str, index: int, who: list[str],
+                    ctx: ToolContext) -> RunResult:
+        who[index] = worker.name
+        ctx.publish("swarm.task.started", {"swarm": self.name, "worker": worker.name,
+                                           "index": index})
+        result = await run_watched(worker, task, ctx)
+        ctx.publish("swarm.task.finished", {"swarm": self.name, "worker": worker.name,
+                                            "index": index, "status": str(result.status),
+                                            "reason": result.reason[:500]})
+        return result
 
     def _tasks(self, input: str) -> list[str]:
         if callable(self.tasks):

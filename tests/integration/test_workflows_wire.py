@@ -17,6 +17,7 @@ from llmspell.llm.server import LocalLLMServer
 from llmspell.runtime.events import Event
 from llmspell.runtime.messages import new_id
 from llmspell.runtime.state_client import StateClient
+from llmspell.supervisors.swarm import WorkerSwarm
 from llmspell.supervisors.workflows import (
     Conditional,
     Loop,
@@ -167,25 +168,49 @@ async def test_loop_map_reduce_and_pipeline(
     mr_runs = [b for b, _ in runs(events) if b.startswith("mr/")]
     assert sorted(set(mr_runs)) == ["mr/m0", "mr/m1", "mr/m2", "mr/reducer"]
     assert len(mr_runs) == 7
-    # Prefetch: a mapper was sent its next item while it still ran one (the driver's events)...
-    held: dict[str, int] = {}
-    most = 0
-    for e in events:
-        if e.topic in ("workflow.step.started", "workflow.step.finished") and \
-                e.payload["branch"] == "mr" and e.payload["step"] != "reducer":
-            held[e.payload["step"]] = held.get(e.payload["step"], 0) + (
-                1 if e.topic == "workflow.step.started" else -1)
-            most = max(most, *held.values())
-    assert most == 2
-    # ...and each mapper still ran one item at a time (its actor's events, in its order).
-    for name in ("m0", "m1", "m2"):
-        marks = [e.topic for e in events if e.topic in ("agent.run.started", "agent.run.finished")
-                 and e.payload.get("branch") == f"mr/{name}"]
-        assert marks == ["agent.run.started", "agent.run.finished"] * (len(marks) // 2)
+    # Prefetch: a mapper was sent its next item while it still ran one (the driver's events),
+    # and each mapper still ran one item at a time (its actor's events).
+    assert most_held(events, "workflow.step", "mr", "step") == 2
+    assert all(one_at_a_time(events, f"mr/{name}") for name in ("m0", "m1", "m2"))
     assert sorted(b for b, _ in runs(events) if b.startswith("pipe/")) == \
         ["pipe/s1"] * 4 + ["pipe/s2"] * 4
     [split] = [e.payload for e in events if e.topic == "workflow.split"]
     assert split == {"workflow": "mr", "items": 6, "branch": "mr"}
+
+
+def most_held(events: list[Event], topic: str, branch: str, key: str) -> int:
+    """The most items any one worker held at once: started minus finished, per worker, in the
+    order the driver published them."""
+    held: dict[str, int] = {}
+    most = 0
+    for e in events:
+        if e.topic in (topic + ".started", topic + ".finished") and \
+                e.payload.get("branch") == branch:
+            worker = e.payload[key]
+            held[worker] = held.get(worker, 0) + (1 if e.topic.endswith(".started") else -1)
+            most = max(most, held[worker])
+    return most
+
+
+def one_at_a_time(events: list[Event], branch: str) -> bool:
+    """The agent behind `branch` ran one run at a time (its actor's events, in its order)."""
+    marks = [e.topic for e in events if e.topic in ("agent.run.started", "agent.run.finished")
+             and e.payload.get("branch") == branch]
+    return marks == ["agent.run.started", "agent.run.finished"] * (len(marks) // 2)
+
+
+async def test_a_worker_swarm_of_actor_agents_queues_each_its_next_task(
+        runtime: Runtime, wf_job: str, agents: dict[str, AgentHandle],
+        server: LocalLLMServer) -> None:
+    tasks = [f"task{i}" for i in range(8)]
+    crew = WorkerSwarm("crew", [agents["m0"], agents["m1"]])
+    result = await crew.run(json.dumps(tasks), ctx=driver_ctx(runtime, wf_job))
+    assert result.ok and result.output == [f"echo: {t}" for t in tasks]
+    events = await logged(runtime, wf_job, agents, "crew")
+    assert sorted(e.payload["index"] for e in events
+                  if e.topic == "swarm.task.finished") == list(range(8))
+    assert most_held(events, "swarm.task", "crew", "worker") == 2  # one queued behind another
+    assert one_at_a_time(events, "crew/m0") and one_at_a_time(events, "crew/m1")
 
 
 async def test_three_deep_with_events_by_branch(

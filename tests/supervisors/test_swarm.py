@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 
 import pytest
@@ -252,3 +253,24 @@ async def test_worker_swarm_reports_failed_tasks_and_merges() -> None:
     assert result.output == "A+C"
     assert result.reason \
         == "1 of 3 task(s) failed: #1 (worker: failed: ValueError: cannot do bad)"
+
+
+async def test_worker_swarm_prefetch_is_off_for_local_workers_and_checked() -> None:
+    running = {"now": 0, "peak": 0}
+
+    async def worker(task: str) -> str:
+        running["now"] += 1
+        running["peak"] = max(running["peak"], running["now"])
+        await asyncio.sleep(0.005)
+        running["now"] -= 1
+        return task
+
+    tasks = json.dumps([f"t{i}" for i in range(8)])
+    result = await WorkerSwarm("crew", [worker]).run(tasks)
+    assert result.ok and running["peak"] == 1  # a local worker gets no queued second task
+    running["peak"] = 0
+    result = await WorkerSwarm("crew", [worker], prefetch=1).run(tasks)
+    assert result.ok and result.output == [f"t{i}" for i in range(8)]
+    assert running["peak"] == 2  # asked for: the second call runs alongside the first
+    with pytest.raises(SpecError, match=r"worker swarm 'crew': prefetch must be a whole number"):
+        WorkerSwarm("crew", [worker], prefetch=-1)

@@ -18,14 +18,13 @@ import contextlib
 import functools
 import inspect
 import json
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Callable, Iterable
 from contextvars import ContextVar
 from dataclasses import replace
 from typing import Any
 
 from llmspell.agents.agent import Agent
 from llmspell.agents.result import RunResult, RunStatus
-from llmspell.runtime.cancel import CancelToken
 from llmspell.runtime.errors import Cancelled, HookCancelled
 from llmspell.runtime.messages import new_id
 from llmspell.supervisors.base import Bind, Pattern, Step, as_step, output_text
@@ -36,6 +35,7 @@ from llmspell.supervisors.checkpoint import (
     step_position,
 )
 from llmspell.supervisors.merge import Conflict, MergedState, MergeRules
+from llmspell.supervisors.workers import remote_agent
 from llmspell.tools.base import Tool
 from llmspell.tools.context import ToolContext
 
@@ -136,37 +136,12 @@ def summarize(failed: Iterable[tuple[str, RunResult]], limit: int = 10) -> str:
     return shown + (f"; and {len(items) - limit} more" if len(items) > limit else "")
 
 
-_REMOTE: dict[type, bool] = {}  # by target class: inspecting a signature per step costs
-
-
-def queues_runs(step: Any) -> bool:
-    """True for an agent in an actor: it runs its messages one at a time, so a second run sent
-    to it waits in its mailbox instead of running alongside the first."""
-    return _remote(step) is not None
-
-
-def _remote(step: Any) -> Any:
-    """The agent in an actor behind a step (an AgentHandle: its run takes a run id and it has
-    `cancel`, so a run can be stopped across processes), or None."""
-    target = getattr(step, "target", None)
-    if target is None:
-        return None
-    kind = type(target)
-    if kind not in _REMOTE:
-        try:
-            _REMOTE[kind] = callable(getattr(target, "cancel", None)) and \
-                "run_id" in inspect.signature(target.run).parameters
-        except (AttributeError, TypeError, ValueError):
-            _REMOTE[kind] = False
-    return target if _REMOTE[kind] else None
-
-
 def _cooperative(step: Any) -> bool:
     """Whether a step stops by itself, with a result, when its cancel token fires."""
     inner = step.step if isinstance(step, Bind) else step
     if isinstance(inner, Pattern):
         return True
-    return isinstance(getattr(inner, "target", None), Agent) or _remote(inner) is not None
+    return isinstance(getattr(inner, "target", None), Agent) or remote_agent(inner) is not None
 
 
 # -- one step ---------------------------------------------------------------------------------
@@ -183,7 +158,7 @@ class _Call:
         self.previous = previous
         self.inputs = inputs
         self.history = history
-        self.remote = _remote(step)
+        self.remote = remote_agent(step)
         self.run_id = new_id() if self.remote is not None else ""
 
     async def run(self, input: str, *, ctx: ToolContext | None = None) -> RunResult:
@@ -204,7 +179,7 @@ class _Call:
             return result if isinstance(result, RunResult) else RunResult.model_validate(result)
         return await step.run(input, ctx=ctx)
 
-    async def cancel_remote(self, running: asyncio.Future[Any], reason: str) -> None:
+    async def cancelremote_agent(self, running: asyncio.Future[Any], reason: str) -> None:
         """Tell the actor to cancel the run (a run still queued there starts cancelled)."""
         if self.remote is not None and not running.done():
             with contextlib.suppress(Exception):  # the actor is gone, and its run with it
@@ -274,7 +249,7 @@ class Workflow(Pattern):
     async def _wind_down(self, call: _Call, task: asyncio.Future[Any], reason: str) -> None:
         """Give a step that watches its token the grace time to return its cancelled result
         (an actor agent is told to cancel its run meanwhile)."""
-        stopping = asyncio.ensure_future(call.cancel_remote(task, reason))
+        stopping = asyncio.ensure_future(call.cancelremote_agent(task, reason))
         try:
             await asyncio.wait({task}, timeout=self.cancel_grace_s)
         finally:
@@ -362,41 +337,6 @@ class Block:
         shown = "; ".join(c.describe() for c in self.conflicts[:5])
         more = f" and {len(self.conflicts) - 5} more" if len(self.conflicts) > 5 else ""
         return f"{len(self.conflicts)} state conflict(s): {shown}{more}"
-
-
-async def run_pool(count: int, concurrency: int, work: Callable[[int, int], Awaitable[None]],
-                   token: CancelToken, *, prefetch: Callable[[int], int] | None = None) -> None:
-    """`work(worker, index)` for every index on `concurrency` workers: each free worker takes
-    the next index, until none is left or the token is cancelled.
-
-    `prefetch(worker)`: how many more indexes the worker may hold, queued behind the one it is
-    working on, so that it never waits for its next one (an agent in an actor runs its
-    messages one at a time, and without a queued one it idles for the round trip between two).
-    While fewer than `concurrency` indexes are left, a worker takes one only when it holds
-    none: the last ones go to whichever worker is free, not behind a busy one."""
-    workers = max(1, min(concurrency, count))
-    taken = 0
-    held = [0] * workers
-
-    def take(w: int) -> int | None:
-        nonlocal taken
-        if token.cancelled or taken >= count or (held[w] and count - taken < workers):
-            return None
-        taken += 1
-        held[w] += 1
-        return taken - 1
-
-    async def lane(w: int) -> None:
-        while (i := take(w)) is not None:
-            try:
-                await work(w, i)
-            finally:
-                held[w] -= 1
-
-    async with asyncio.TaskGroup() as group:
-        for w in range(workers):
-            for _ in range(1 + (prefetch(w) if prefetch is not None else 0)):
-                group.create_task(lane(w))
 
 
 def join_reason(*parts: str) -> str:

@@ -15,6 +15,7 @@ from llmspell.agents.spec import SpecError
 from llmspell.supervisors.base import Step, output_text
 from llmspell.supervisors.checkpoint import Checkpoint
 from llmspell.supervisors.merge import MergeRules
+from llmspell.supervisors.workers import check_prefetch, prefetch_for, run_pool
 from llmspell.supervisors.workflows._core import (
     Block,
     Workflow,
@@ -22,8 +23,6 @@ from llmspell.supervisors.workflows._core import (
     is_function,
     item_text,
     join_reason,
-    queues_runs,
-    run_pool,
     summarize,
     to_step,
 )
@@ -224,9 +223,7 @@ class MapReduce(Workflow):
             raise SpecError(f"map-reduce {name!r}: give at least one mapper")
         if concurrency is not None and concurrency < 1:
             raise SpecError(f"map-reduce {name!r}: concurrency must be at least 1")
-        if prefetch is not None and (type(prefetch) is not int or prefetch < 0):
-            raise SpecError(f"map-reduce {name!r}: prefetch must be a whole number, at least 0;"
-                            f" got {prefetch!r}")
+        check_prefetch(f"map-reduce {name!r}", prefetch)
         self.mappers: list[Step] = [to_step(m) for m in pool]
         self.split = split
         self.reduce = reduce
@@ -238,9 +235,7 @@ class MapReduce(Workflow):
         self.prefetch = prefetch
 
     def _prefetch(self, worker: int) -> int:
-        if self.prefetch is not None:
-            return self.prefetch
-        return 1 if queues_runs(self.mappers[worker % len(self.mappers)]) else 0
+        return prefetch_for(self.mappers[worker % len(self.mappers)], self.prefetch)
 
     async def _execute(self, input: str, ctx: ToolContext, inputs: dict[str, Any],
                        cp: Checkpoint) -> RunResult:

@@ -1,0 +1,99 @@
+"""Running a pattern's items on a fixed set of workers.
+
+`run_pool` is the loop under MapReduce, Parallel and worker swarms: each free worker takes the
+next item. An agent in an actor (`remote_agent`) runs its messages one at a time, so a worker
+may hold its next item queued behind the one it runs (`prefetch`) and go straight from one to
+the next instead of idling for the round trip to the caller.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from llmspell.agents.spec import SpecError
+from llmspell.runtime.cancel import CancelToken
+
+__all__ = ["check_prefetch", "is_remote_agent", "prefetch_for", "queues_runs", "remote_agent",
+           "run_pool"]
+
+_REMOTE: dict[type, bool] = {}  # by target class: inspecting a signature per step costs
+
+
+def is_remote_agent(target: Any) -> bool:
+    """An agent in an actor (an AgentHandle): its run takes a run id and it has `cancel`, so a
+    run can be stopped across processes."""
+    kind = type(target)
+    if kind not in _REMOTE:
+        try:
+            _REMOTE[kind] = callable(getattr(target, "cancel", None)) and \
+                "run_id" in inspect.signature(target.run).parameters
+        except (AttributeError, TypeError, ValueError):
+            _REMOTE[kind] = False
+    return _REMOTE[kind]
+
+
+def remote_agent(step: Any) -> Any:
+    """The agent in an actor behind a step, or None."""
+    target = getattr(step, "target", None)
+    return target if target is not None and is_remote_agent(target) else None
+
+
+def queues_runs(step: Any) -> bool:
+    """True for an agent in an actor: it runs its messages one at a time, so a second run sent
+    to it waits in its mailbox instead of running alongside the first."""
+    return remote_agent(step) is not None
+
+
+
+def prefetch_for(step: Any, prefetch: int | None) -> int:
+    """A worker's prefetch: as given, else 1 for an agent in an actor (its runs queue in its
+    mailbox) and 0 for any other step (a second call would run alongside the first)."""
+    if prefetch is not None:
+        return prefetch
+    return 1 if queues_runs(step) else 0
+
+
+def check_prefetch(what: str, prefetch: Any) -> None:
+    """Raise SpecError naming `what` (e.g. "map-reduce 'mr'") unless prefetch is None or a
+    whole number, at least 0."""
+    if prefetch is not None and (type(prefetch) is not int or prefetch < 0):
+        raise SpecError(f"{what}: prefetch must be a whole number, at least 0; "
+                        f"got {prefetch!r}")
+
+
+async def run_pool(count: int, concurrency: int, work: Callable[[int, int], Awaitable[None]],
+                   token: CancelToken, *, prefetch: Callable[[int], int] | None = None) -> None:
+    """`work(worker, index)` for every index on `concurrency` workers: each free worker takes
+    the next index, until none is left or the token is cancelled.
+
+    `prefetch(worker)`: how many more indexes the worker may hold, queued behind the one it is
+    working on, so that it never waits for its next one (an agent in an actor runs its
+    messages one at a time, and without a queued one it idles for the round trip between two).
+    While fewer than `concurrency` indexes are left, a worker takes one only when it holds
+    none: the last ones go to whichever worker is free, not behind a busy one."""
+    workers = max(1, min(concurrency, count))
+    taken = 0
+    held = [0] * workers
+
+    def take(w: int) -> int | None:
+        nonlocal taken
+        if token.cancelled or taken >= count or (held[w] and count - taken < workers):
+            return None
+        taken += 1
+        held[w] += 1
+        return taken - 1
+
+    async def lane(w: int) -> None:
+        while (i := take(w)) is not None:
+            try:
+                await work(w, i)
+            finally:
+                held[w] -= 1
+
+    async with asyncio.TaskGroup() as group:
+        for w in range(workers):
+            for _ in range(1 + (prefetch(w) if prefetch is not None else 0)):
+                group.create_task(lane(w))
