@@ -33,7 +33,7 @@ from llmspell.llm.types import Usage
 from llmspell.runtime.errors import Cancelled, HookCancelled
 from llmspell.runtime.hooks import HookPoint
 from llmspell.runtime.messages import new_id
-from llmspell.supervisors.workers import is_remote_agent
+from llmspell.supervisors.workers import is_actor_agent
 from llmspell.tools.agent_tool import AgentTool
 from llmspell.tools.base import Tool, render_result
 from llmspell.tools.context import ToolContext
@@ -293,7 +293,7 @@ async def run_watched(step: Step, input: str, ctx: ToolContext, *,
     result.
     """
     target = getattr(step, "target", None)
-    run_id = new_id() if is_remote_agent(target) else None
+    run_id = new_id() if is_actor_agent(target) else None
     task = asyncio.ensure_future(_run_member(step, target, run_id, input, ctx))
     stop = asyncio.ensure_future(ctx.cancel.wait())
     try:

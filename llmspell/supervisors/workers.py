@@ -1,7 +1,7 @@
 """Running a pattern's items on a fixed set of workers.
 
 `run_pool` is the loop under MapReduce, Parallel and worker swarms: each free worker takes the
-next item. An agent in an actor (`remote_agent`) runs its messages one at a time, so a worker
+next item. An agent in an actor (`actor_agent`) runs its messages one at a time, so a worker
 may hold its next item queued behind the one it runs (`prefetch`) and go straight from one to
 the next instead of idling for the round trip to the caller.
 """
@@ -16,36 +16,41 @@ from typing import Any
 from llmspell.agents.spec import SpecError
 from llmspell.runtime.cancel import CancelToken
 
-__all__ = ["check_prefetch", "is_remote_agent", "prefetch_for", "queues_runs", "remote_agent",
-           "run_pool"]
+__all__ = [
+    "actor_agent",
+    "check_prefetch",
+    "is_actor_agent",
+    "prefetch_for",
+    "queues_runs",
+    "run_pool",
+]
 
-_REMOTE: dict[type, bool] = {}  # by target class: inspecting a signature per step costs
+_ACTOR_AGENT: dict[type, bool] = {}  # by target class: inspecting a signature per step costs
 
 
-def is_remote_agent(target: Any) -> bool:
+def is_actor_agent(target: Any) -> bool:
     """An agent in an actor (an AgentHandle): its run takes a run id and it has `cancel`, so a
     run can be stopped across processes."""
     kind = type(target)
-    if kind not in _REMOTE:
+    if kind not in _ACTOR_AGENT:
         try:
-            _REMOTE[kind] = callable(getattr(target, "cancel", None)) and \
+            _ACTOR_AGENT[kind] = callable(getattr(target, "cancel", None)) and \
                 "run_id" in inspect.signature(target.run).parameters
         except (AttributeError, TypeError, ValueError):
-            _REMOTE[kind] = False
-    return _REMOTE[kind]
+            _ACTOR_AGENT[kind] = False
+    return _ACTOR_AGENT[kind]
 
 
-def remote_agent(step: Any) -> Any:
+def actor_agent(step: Any) -> Any:
     """The agent in an actor behind a step, or None."""
     target = getattr(step, "target", None)
-    return target if target is not None and is_remote_agent(target) else None
+    return target if target is not None and is_actor_agent(target) else None
 
 
 def queues_runs(step: Any) -> bool:
     """True for an agent in an actor: it runs its messages one at a time, so a second run sent
     to it waits in its mailbox instead of running alongside the first."""
-    return remote_agent(step) is not None
-
+    return actor_agent(step) is not None
 
 
 def prefetch_for(step: Any, prefetch: int | None) -> int:

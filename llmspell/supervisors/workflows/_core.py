@@ -35,7 +35,7 @@ from llmspell.supervisors.checkpoint import (
     step_position,
 )
 from llmspell.supervisors.merge import Conflict, MergedState, MergeRules
-from llmspell.supervisors.workers import remote_agent
+from llmspell.supervisors.workers import actor_agent
 from llmspell.tools.base import Tool
 from llmspell.tools.context import ToolContext
 
@@ -141,7 +141,7 @@ def _cooperative(step: Any) -> bool:
     inner = step.step if isinstance(step, Bind) else step
     if isinstance(inner, Pattern):
         return True
-    return isinstance(getattr(inner, "target", None), Agent) or remote_agent(inner) is not None
+    return isinstance(getattr(inner, "target", None), Agent) or actor_agent(inner) is not None
 
 
 # -- one step ---------------------------------------------------------------------------------
@@ -158,7 +158,7 @@ class _Call:
         self.previous = previous
         self.inputs = inputs
         self.history = history
-        self.remote = remote_agent(step)
+        self.remote = actor_agent(step)
         self.run_id = new_id() if self.remote is not None else ""
 
     async def run(self, input: str, *, ctx: ToolContext | None = None) -> RunResult:
@@ -179,7 +179,7 @@ class _Call:
             return result if isinstance(result, RunResult) else RunResult.model_validate(result)
         return await step.run(input, ctx=ctx)
 
-    async def cancelremote_agent(self, running: asyncio.Future[Any], reason: str) -> None:
+    async def cancel_remote(self, running: asyncio.Future[Any], reason: str) -> None:
         """Tell the actor to cancel the run (a run still queued there starts cancelled)."""
         if self.remote is not None and not running.done():
             with contextlib.suppress(Exception):  # the actor is gone, and its run with it
@@ -249,7 +249,7 @@ class Workflow(Pattern):
     async def _wind_down(self, call: _Call, task: asyncio.Future[Any], reason: str) -> None:
         """Give a step that watches its token the grace time to return its cancelled result
         (an actor agent is told to cancel its run meanwhile)."""
-        stopping = asyncio.ensure_future(call.cancelremote_agent(task, reason))
+        stopping = asyncio.ensure_future(call.cancel_remote(task, reason))
         try:
             await asyncio.wait({task}, timeout=self.cancel_grace_s)
         finally:
