@@ -17,7 +17,7 @@ a workflow nested in a loop keeps one set of records per iteration, and the same
 twice in a sequence keeps two.
 
 Records are written behind the steps by one writer per run, which gathers the records of
-`linger_s` (50 ms) into one write. A serial workflow thus writes one record per step as it
+`linger_s` (200 ms) into one write. A serial workflow thus writes one record per step as it
 goes; a fan-out of 200 branches writes a few dozen batches instead of 200 keys (each write is a
 call to the state service, a commit and a `state.changed` event). Batch ids
 are unique (time-ordered), so writers never contend for a key, and a record is written once,
@@ -177,8 +177,11 @@ class Checkpoint:
     # How long a record waits for others to share its write: a fan-out writes a batch per
     # interval instead of a key per step, and a record not yet written when the driver dies
     # only means that step runs again on resume. A serial workflow calls `sync` before its next
-    # step instead, so a step it finished is never redone.
-    linger_s = 0.05
+    # step instead, so a step it finished is never redone. A write costs ~3 ms of CPU over the
+    # driver, the state service and the hub: at 0.2 s rather than 0.05, the CPU fan-out of
+    # benchmarks/patterns.py writes ~35 batches instead of ~105 and its driver and state service
+    # spend 1.3-1.5 ms less CPU per item. The event log lags as much (event_batch_delay_s).
+    linger_s = 0.2
 
     def __init__(self, state: StateAccess | None, scope: str, *, workflow: str, kind: str,
                  resume: bool, publish: Publish) -> None:
