@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from typing import Any
+from typing import Any, ClassVar
 
 import ray
 
@@ -39,13 +39,18 @@ STOP = "system.stop"
 class ActorBase:
     """Base class of llmspell actors. Subclasses override `handle` and the lifecycle hooks."""
 
+    # One of the runtime's own services (its events are bookkeeping: they wait longer in the
+    # process for a batch, see RuntimeSettings.service_event_batch_delay_s).
+    service: ClassVar[bool] = False
+
     def __init__(self, config: ActorConfig, args: tuple[Any, ...] = (),
                  kwargs: dict[str, Any] | None = None) -> None:
         self.config = config
         self.address = config.address
         self.job_id = config.job_id
         self.settings = config.settings
-        self.node = Node(config.settings, identity=config.address, job_id=config.job_id)
+        self.node = Node(config.settings, identity=config.address, job_id=config.job_id,
+                         service=self.service)
         self.hooks = HookRegistry(emit=self.node.publish_nowait)
         self.state = StateClient(self.node, job_id=config.job_id, hooks=self.hooks)
         self.log = get_logger(actor=self.address, job_id=self.job_id)

@@ -120,6 +120,8 @@ def _sooner(a: float | None, b: float | None) -> float | None:
 class PoolReplica(ActorBase):
     """Hosts a pool's tools and runs the calls the router places on it."""
 
+    service = True
+
     def setup(self, tools: Sequence[Tool], pool: str, dedupe_window: int = 10_000,
               sandbox: Sandbox | None = None) -> None:
         self.pool = pool
@@ -198,6 +200,8 @@ class _Lost(Exception):
 
 class PoolRouter(ActorBase):
     """Receives a pool's calls, places them on replicas, scales and heals the replica set."""
+
+    service = True
 
     def setup(self, tools: Sequence[Tool], config: PoolConfig) -> None:
         self.pool = config

@@ -90,8 +90,12 @@ def raise_for_reply(address: str, reply: Envelope) -> Any:
 class Node:
     """Sends asks and tells from this process, in order, and publishes its events."""
 
-    def __init__(self, settings: RuntimeSettings, *, identity: str, job_id: str = "") -> None:
+    def __init__(self, settings: RuntimeSettings, *, identity: str, job_id: str = "",
+                 service: bool = False) -> None:
         self.settings = settings
+        # how long an event may wait in this process for others to share its batch
+        self.event_delay = settings.service_event_batch_delay_s if service \
+            else settings.event_batch_delay_s
         self.identity = identity
         self.job_id = job_id
         self.namespace = settings.namespace
@@ -338,7 +342,7 @@ class Node:
                 self._send_events,
                 name=f"{self.identity}->hub",
                 max_items=self.settings.batch_max_items,
-                max_delay=self.settings.event_batch_delay_s,
+                max_delay=self.event_delay,
             )
         return self._hub_batcher
 

@@ -28,6 +28,11 @@ class RuntimeSettings(BaseSettings):
     # the sender and the hub: at 0.2 s rather than 0.05 the CPU fan-out of benchmarks/patterns.py
     # ran 7.7-7.8 s instead of 8.3-8.4 (a live view refreshes a few times a second anyway).
     event_batch_delay_s: float = 0.2
+    # The runtime's own services (pool routers and replicas, the state service) emit
+    # bookkeeping a few times a second each; every batch is a Ray call costing ~2 ms of CPU
+    # between sender and hub on this machine, so they wait longer. A replay or a flush still
+    # takes them in at once.
+    service_event_batch_delay_s: float = 1.0
     # Actor processes collect garbage after this many net allocations (Python's default: 700),
     # with their start-up objects frozen out of collection; None keeps Python's settings.
     # See llmspell.runtime.process.

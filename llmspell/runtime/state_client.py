@@ -114,7 +114,7 @@ class StateService:
         from llmspell.runtime.state import MemoryBackend, SQLiteBackend
 
         backend = SQLiteBackend(store_path) if store_path else MemoryBackend()
-        self.node = Node(settings, identity=STATE_NAME)
+        self.node = Node(settings, identity=STATE_NAME, service=True)
         self.store = StateStore(backend, on_change=self._changed)
         settle_gc(settings.gc_young_threshold)
 

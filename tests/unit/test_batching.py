@@ -258,3 +258,16 @@ async def test_a_raising_error_reporter_does_not_kill_the_flusher() -> None:
     await asyncio.wait_for(batcher.flush(), 2)
     assert sent == [[1]] and batcher.failed_items == 1
     await batcher.close()
+
+
+def test_the_runtime_services_batch_their_events_longer_than_agents_and_drivers() -> None:
+    from llmspell.actors.agent_actor import AgentHost
+    from llmspell.actors.pool import PoolReplica, PoolRouter
+    from llmspell.runtime.node import Node
+    from llmspell.runtime.settings import RuntimeSettings
+
+    settings = RuntimeSettings(event_batch_delay_s=0.2, service_event_batch_delay_s=1.5)
+    assert Node(settings, identity="driver").hub_batcher().max_delay == 0.2
+    assert Node(settings, identity="svc", service=True).hub_batcher().max_delay == 1.5
+    assert PoolReplica.service and PoolRouter.service  # bookkeeping: they wait longer
+    assert not AgentHost.service  # agents' events (tokens among them) go out at the usual pace
