@@ -301,6 +301,35 @@ async def test_a_secret_is_absent_from_logs_events_and_the_event_log(tmp_path: P
     assert any(b"[REDACTED]" in payload for _, payload in rows)
 
 
+async def test_the_logging_hook_writes_only_the_lines_its_logger_lets_through() -> None:
+    @tool
+    def broken() -> str:
+        """Always fails."""
+        raise RuntimeError("down")
+
+    def quiet(buffer: io.StringIO) -> Any:
+        configure_logging()
+        chain = [*structlog.get_config()["processors"][:-1], structlog.processors.JSONRenderer()]
+        return structlog.wrap_logger(structlog.PrintLogger(buffer), processors=chain,
+                                     wrapper_class=structlog.make_filtering_bound_logger(
+                                         logging.WARNING))
+
+    buffer = io.StringIO()
+    w = World([call("add", "c1", a=1, b=2), call("broken", "c2")], "done")
+    LoggingHook(logger=quiet(buffer)).register(w.hooks)
+    result = await w.agent(tools=[add, broken]).run("go")
+
+    assert result.ok
+    lines = [json.loads(line) for line in buffer.getvalue().splitlines()]
+    assert [line["event"] for line in lines] == ["tool.failed"]  # no info lines at WARNING
+    assert lines[0]["target"] == "broken" and lines[0]["error"] == "down"
+    # the check behind the skipped lines: by the logger's own level; unknown loggers write all
+    from llmspell.agents.hooks.logs import _enabled
+
+    assert _enabled(quiet(buffer), "warning") and not _enabled(quiet(buffer), "info")
+    assert _enabled(object(), "debug")
+
+
 def test_scrub_keeps_what_holds_no_secret() -> None:
     clean = {"a": ["x", ("y", 1)], "m": Message.user("hello")}
     assert scrub(clean) is clean

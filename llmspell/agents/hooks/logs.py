@@ -9,6 +9,7 @@ content, logs carry facts. The line goes through structlog's processors, which r
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from typing import Any, Literal
 
@@ -49,10 +50,11 @@ class LoggingHook(TimingObserver):
         op = operation(ctx)
         if op is None:
             return
-        fields = self._fields(ctx, op)
         status = _status(op, ctx.payload)
         method = self.options.level if status in _FINE else "warning"
-        getattr(self.log, method)(f"{op.kind}.done", status=status, **fields,
+        if not _enabled(self.log, method):  # the line would be dropped: skip building it
+            return
+        getattr(self.log, method)(f"{op.kind}.done", status=status, **self._fields(ctx, op),
                                   **_details(op, ctx.payload))
 
     def error(self, ctx: HookContext) -> None:
@@ -70,6 +72,12 @@ class LoggingHook(TimingObserver):
         duration = None if elapsed is None else round(elapsed, 3)
         return {"op": op.kind, "target": op.name, "agent": op.agent, "job_id": ctx.job_id,
                 "attempt": ctx.attempt, "duration_ms": duration}
+
+
+def _enabled(log: Any, method: str) -> bool:
+    """Whether `log` writes lines at `method` ("info", ...); a logger that cannot tell does."""
+    check = getattr(log, "is_enabled_for", None)
+    return check is None or bool(check(logging.getLevelNamesMapping()[method.upper()]))
 
 
 def _status(op: Op, result: Any) -> str:
