@@ -20,11 +20,12 @@ transport of llmspell (`llmspell.llm.http`: aiohttp with no proxy set):
   sooner.
 - The CPU fan-out: 200 items, 8 at once, each an agent that calls the model, calls a tool that
   spends 50 ms of pure-Python CPU holding the GIL, and calls the model again; then one reduce
-  call. Floor: max(N x 50 ms / cores, ceil(N/8) x 150 ms + 50 ms). Three runs: llmspell with
+  call. Floor: max(N x 50 ms / cores, ceil(N/8) x 150 ms + 50 ms). Three kinds of run: llmspell with
   the tool in a pool (one replica per core; `dispatch="direct"`: the agent host calls the
   replicas itself under leases from the router), the same job with the tool in-process, and a bare
   Ray version written here (asyncio tasks in the driver calling the SDK, the tool in plain Ray
-  actors; no events, hooks or checkpoints).
+  actors; no events, hooks or checkpoints). The pooled and bare figures are medians of ROUNDS
+  rounds, each running both in turn (one makespan wanders by ~5% on two shared cores).
 """
 
 from __future__ import annotations
@@ -57,6 +58,7 @@ from llmspell.supervisors.workflows import MapReduce
 from llmspell.tools import ToolContext, tool
 
 CALL_MS = 50
+ROUNDS = 3  # one makespan wanders by ~5% from run to run on two shared cores
 ITEMS, AT_ONCE, BURN_S = 200, 8, 0.05
 HOOKS = [{"name": "logging"}, {"name": "metrics"}, {"name": "usage"}]
 SCENARIO = {"rules": [
@@ -270,18 +272,25 @@ async def fanout_bare_ray(server: ServerProcess) -> float:
     return makespan
 
 
-async def measure_fanout(rt: Runtime, server: ServerProcess) -> dict[str, Any]:
+async def measure_fanout(rt: Runtime, server: ServerProcess, rounds: int = ROUNDS
+                         ) -> dict[str, Any]:
+    """The pooled run and the bare Ray one, median of `rounds` rounds (each runs both, in
+    turn, so that both see the same moments of a shared machine); the in-process run once."""
     floor = max(ITEMS * BURN_S / cores(),
                 math.ceil(ITEMS / AT_ONCE) * 3 * CALL_MS / 1e3 + CALL_MS / 1e3)
-    pooled = await fanout_llmspell(rt, server, pooled=True)
+    pooled_runs, bare_runs = [], []
+    for _ in range(rounds):
+        pooled_runs.append(await fanout_llmspell(rt, server, pooled=True))
+        bare_runs.append(await fanout_bare_ray(server))
+    pooled, bare = statistics.median(pooled_runs), statistics.median(bare_runs)
     inprocess = await fanout_llmspell(rt, server, pooled=False)
-    bare = await fanout_bare_ray(server)
     return {"cpu_fanout_floor_s": round(floor, 3),
             "cpu_fanout_makespan_s": round(pooled, 3),
             "cpu_fanout_efficiency": round(floor / pooled, 3),
             "cpu_fanout_inprocess_makespan_s": round(inprocess, 3),
             "cpu_fanout_bare_ray_makespan_s": round(bare, 3),
-            "cpu_fanout_vs_bare_ray": round(pooled / bare, 3)}
+            "cpu_fanout_vs_bare_ray": round(pooled / bare, 3),
+            "cpu_fanout_rounds": rounds}
 
 
 # -- main -------------------------------------------------------------------------------------
