@@ -24,8 +24,11 @@ transport of llmspell (`llmspell.llm.http`: aiohttp with no proxy set):
   the tool in a pool (one replica per core; `dispatch="direct"`: the agent host calls the
   replicas itself under leases from the router), the same job with the tool in-process, and a bare
   Ray version written here (asyncio tasks in the driver calling the SDK, the tool in plain Ray
-  actors; no events, hooks or checkpoints). The pooled and bare figures are medians of ROUNDS
-  rounds, each running both in turn (one makespan wanders by ~5% on two shared cores).
+  actors; no events, hooks or checkpoints). The pooled run twice: with the MapReduce in the
+  driver (the headline figures: a job spec runs its pattern there) and hosted in the agents'
+  host (`HostedWorkflow`: its steps are local messages there, one Ray call fewer per item).
+  The pooled and bare figures are medians of ROUNDS rounds, each running all three in turn (one
+  makespan wanders by ~5% on two shared cores).
 """
 
 from __future__ import annotations
@@ -53,6 +56,7 @@ from llmspell.runtime import process
 from llmspell.runtime.messages import new_id
 from llmspell.runtime.state_client import StateClient
 from llmspell.supervisors.actor import ChildStart, SupervisorActor, ask_supervised
+from llmspell.supervisors.hosted import HostedWorkflow
 from llmspell.supervisors.supervisor import SupervisorSpec
 from llmspell.supervisors.workflows import MapReduce
 from llmspell.tools import ToolContext, tool
@@ -199,7 +203,10 @@ def _agents(rt: Runtime, job: str, server: ServerProcess, pools: dict[str, str]
         providers={"openai-chat": {"base_url": server.url, "api_key": "k"}}), job_id=job)
 
 
-async def fanout_llmspell(rt: Runtime, server: ServerProcess, *, pooled: bool) -> float:
+async def fanout_llmspell(rt: Runtime, server: ServerProcess, *, pooled: bool,
+                          hosted: bool = False) -> float:
+    """The fan-out's makespan: the tool in a pool or in the agents' host; the MapReduce in the
+    driver or, `hosted`, in the agents' host (llmspell.supervisors.hosted)."""
     job = f"bench-fan-{new_id()[-8:]}"
     pools: dict[str, str] = {}
     try:
@@ -210,8 +217,10 @@ async def fanout_llmspell(rt: Runtime, server: ServerProcess, *, pooled: bool) -
             pools = {"burn": pool.address}
         handles = _agents(rt, job, server, pools)
         await asyncio.gather(*(h.run("warm up", timeout=120) for h in handles[:AT_ONCE]))
-        flow = MapReduce("fanout", handles[:AT_ONCE], reduce=handles[AT_ONCE],
-                         concurrency=AT_ONCE)
+        flow: MapReduce | HostedWorkflow = MapReduce(
+            "fanout", handles[:AT_ONCE], reduce=handles[AT_ONCE], concurrency=AT_ONCE)
+        if hosted:
+            flow = HostedWorkflow(flow, on=handles[0])
         ctx = ToolContext(job_id=job, state=StateClient(rt.node, job_id=job),
                           emit=lambda t, p: rt.node.publish_nowait(t, p, job_id=job))
         started = time.perf_counter()
@@ -274,15 +283,17 @@ async def fanout_bare_ray(server: ServerProcess) -> float:
 
 async def measure_fanout(rt: Runtime, server: ServerProcess, rounds: int = ROUNDS
                          ) -> dict[str, Any]:
-    """The pooled run and the bare Ray one, median of `rounds` rounds (each runs both, in
-    turn, so that both see the same moments of a shared machine); the in-process run once."""
+    """The pooled runs (the workflow in the driver, and hosted) and the bare Ray one, median
+    of `rounds` rounds (each runs all three in turn, so that they see the same moments of a
+    shared machine); the in-process run once."""
     floor = max(ITEMS * BURN_S / cores(),
                 math.ceil(ITEMS / AT_ONCE) * 3 * CALL_MS / 1e3 + CALL_MS / 1e3)
-    pooled_runs, bare_runs = [], []
+    samples: dict[str, list[float]] = {"driver": [], "hosted": [], "bare": []}
     for _ in range(rounds):
-        pooled_runs.append(await fanout_llmspell(rt, server, pooled=True))
-        bare_runs.append(await fanout_bare_ray(server))
-    pooled, bare = statistics.median(pooled_runs), statistics.median(bare_runs)
+        samples["driver"].append(await fanout_llmspell(rt, server, pooled=True))
+        samples["hosted"].append(await fanout_llmspell(rt, server, pooled=True, hosted=True))
+        samples["bare"].append(await fanout_bare_ray(server))
+    pooled, hosted, bare = (statistics.median(samples[k]) for k in ("driver", "hosted", "bare"))
     inprocess = await fanout_llmspell(rt, server, pooled=False)
     return {"cpu_fanout_floor_s": round(floor, 3),
             "cpu_fanout_makespan_s": round(pooled, 3),
@@ -290,6 +301,9 @@ async def measure_fanout(rt: Runtime, server: ServerProcess, rounds: int = ROUND
             "cpu_fanout_inprocess_makespan_s": round(inprocess, 3),
             "cpu_fanout_bare_ray_makespan_s": round(bare, 3),
             "cpu_fanout_vs_bare_ray": round(pooled / bare, 3),
+            "cpu_fanout_hosted_makespan_s": round(hosted, 3),
+            "cpu_fanout_hosted_efficiency": round(floor / hosted, 3),
+            "cpu_fanout_hosted_vs_bare_ray": round(hosted / bare, 3),
             "cpu_fanout_rounds": rounds}
 
 
@@ -333,6 +347,9 @@ def table(r: dict[str, Any]) -> str:
         ("  same job, tool in-process (s)", get("cpu_fanout_inprocess_makespan_s"), ""),
         ("  bare Ray version (s)", get("cpu_fanout_bare_ray_makespan_s"), ""),
         ("  llmspell / bare Ray", get("cpu_fanout_vs_bare_ray"), "<= 1.1"),
+        ("  workflow hosted in the agents' host (s)", get("cpu_fanout_hosted_makespan_s"), ""),
+        ("  hosted: floor / makespan", get("cpu_fanout_hosted_efficiency"), ">= 0.65"),
+        ("  hosted / bare Ray", get("cpu_fanout_hosted_vs_bare_ray"), "<= 1.1"),
     ]
     out = [f"{'measure':46} {'llmspell':>10}  target"]
     out += [f"{name:46} {value!s:>10}  {target}" for name, value, target in rows]

@@ -21,7 +21,9 @@ SDK (asyncio tasks, the same concurrency, no agents, actors, events, hooks or ch
 `*_bare_sdk_efficiency` is the most this machine allows with the server and the client sharing
 its cores. And between the two, `*_agents_only_efficiency`: the same agents in the same actor
 driven by a plain asyncio worker pool (no workflow: no step events, hooks or checkpoints), which
-separates the cost of the agent layer from the cost of the workflow.
+separates the cost of the agent layer from the cost of the workflow. And `*_hosted_efficiency`:
+the same workflow run in the host of its agents (`HostedWorkflow`: its steps on that host are
+local messages, no Ray call from the driver per step).
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ from llmspell.llm.http import http_client
 from llmspell.runtime import process
 from llmspell.runtime.messages import new_id
 from llmspell.runtime.state_client import StateClient
+from llmspell.supervisors.hosted import HostedWorkflow
 from llmspell.supervisors.workflows import MapReduce, Parallel
 from llmspell.tools import ToolContext
 
@@ -146,24 +149,22 @@ async def measure_mapreduce(runtime: Runtime, server_url: str, *, items: int = 2
                     ["reducer"])
     texts = [f"item {i}" for i in range(items)]
 
-    async def workflow(round_: int) -> float:
-        mr = MapReduce(f"mapreduce{round_}", handles[:agents], reduce=handles[agents],
-                       concurrency=agents)
-        started = time.perf_counter()
-        result = await mr.run(json.dumps(texts), ctx=_ctx(runtime, job))
-        makespan = time.perf_counter() - started
-        assert result.ok, result.reason
-        await runtime.flush()
-        return makespan
+    async def workflow(round_: int, hosted: bool = False) -> float:
+        mr = MapReduce(f"mapreduce{round_}{'h' if hosted else ''}", handles[:agents],
+                       reduce=handles[agents], concurrency=agents)
+        return await _timed(runtime, job, HostedWorkflow(mr, on=handles[0]) if hosted else mr,
+                            json.dumps(texts))
 
     try:
         await _warm(handles)
-        makespan, bare, direct = await _median_rounds(
-            workflow, lambda _: _bare_sdk(server_url, items, agents, then=1),
+        makespan, hosted, bare, direct = await _median_rounds(
+            workflow, lambda r: workflow(r, hosted=True),
+            lambda _: _bare_sdk(server_url, items, agents, then=1),
             lambda _: _agents_only(handles[:agents], texts, then=handles[agents]))
         ideal = (math.ceil(items / agents) + 1) * CALL_MS / 1000
         return {"mapreduce_efficiency": round(ideal / makespan, 3),
                 "mapreduce_makespan_s": round(makespan, 3),
+                "mapreduce_hosted_efficiency": round(ideal / hosted, 3),
                 "mapreduce_ideal_s": round(ideal, 3),
                 "mapreduce_agents_only_efficiency": round(ideal / direct, 3),
                 "mapreduce_bare_sdk_efficiency": round(ideal / bare, 3)}
@@ -176,29 +177,37 @@ async def measure_parallel(runtime: Runtime, server_url: str, *, branches: int =
     job = f"bench-par-{new_id()[-10:]}"
     handles = _host(runtime, job, server_url, [f"branch{i}" for i in range(branches)])
 
-    async def workflow(round_: int) -> float:
-        par = Parallel(f"parallel{round_}", {h.name: h for h in handles},
+    async def workflow(round_: int, hosted: bool = False) -> float:
+        par = Parallel(f"parallel{round_}{'h' if hosted else ''}", {h.name: h for h in handles},
                        concurrency=concurrency)
-        started = time.perf_counter()
-        result = await par.run("answer this", ctx=_ctx(runtime, job))
-        makespan = time.perf_counter() - started
-        assert result.ok, result.reason
-        await runtime.flush()
-        return makespan
+        return await _timed(runtime, job, HostedWorkflow(par, on=handles[0]) if hosted else par,
+                            "answer this")
 
     try:
         await _warm(handles)
-        makespan, bare, direct = await _median_rounds(
-            workflow, lambda _: _bare_sdk(server_url, branches, concurrency),
+        makespan, hosted, bare, direct = await _median_rounds(
+            workflow, lambda r: workflow(r, hosted=True),
+            lambda _: _bare_sdk(server_url, branches, concurrency),
             lambda _: _parallel_agents_only(handles, concurrency))
         ideal = math.ceil(branches / concurrency) * CALL_MS / 1000
         return {"parallel_efficiency": round(ideal / makespan, 3),
                 "parallel_makespan_s": round(makespan, 3),
+                "parallel_hosted_efficiency": round(ideal / hosted, 3),
                 "parallel_ideal_s": round(ideal, 3),
                 "parallel_agents_only_efficiency": round(ideal / direct, 3),
                 "parallel_bare_sdk_efficiency": round(ideal / bare, 3)}
     finally:
         runtime.kill_job(job)
+
+
+async def _timed(runtime: Runtime, job: str, flow: MapReduce | Parallel | HostedWorkflow,
+                 input: str) -> float:
+    started = time.perf_counter()
+    result = await flow.run(input, ctx=_ctx(runtime, job))
+    makespan = time.perf_counter() - started
+    assert result.ok, result.reason
+    await runtime.flush()
+    return makespan
 
 
 async def _parallel_agents_only(agents: Sequence[AgentHandle], concurrency: int) -> float:

@@ -32,6 +32,7 @@ if TYPE_CHECKING:  # what the lazy names below are, for type checkers and editor
     from llmspell.supervisors.base import Bind
     from llmspell.supervisors.consensus import Consensus
     from llmspell.supervisors.delegation import Delegation
+    from llmspell.supervisors.hosted import HostedWorkflow
     from llmspell.supervisors.saga import Saga
     from llmspell.supervisors.swarm import Swarm, WorkerSwarm
     from llmspell.supervisors.workflows import (
@@ -57,6 +58,7 @@ _LAZY = {
     "Conditional": "llmspell.supervisors.workflows", "Loop": "llmspell.supervisors.workflows",
     "MapReduce": "llmspell.supervisors.workflows", "Pipeline": "llmspell.supervisors.workflows",
     "Bind": "llmspell.supervisors.base", "Delegation": "llmspell.supervisors.delegation",
+    "HostedWorkflow": "llmspell.supervisors.hosted",
     "Swarm": "llmspell.supervisors.swarm", "WorkerSwarm": "llmspell.supervisors.swarm",
     "Consensus": "llmspell.supervisors.consensus", "Saga": "llmspell.supervisors.saga",
     "spawn_agent": "llmspell.actors.agent_actor", "spawn_host": "llmspell.actors.agent_actor",
@@ -94,6 +96,7 @@ __all__ = [
     "Event",
     "HookCancelled",
     "HostSetup",
+    "HostedWorkflow",
     "JobResult",
     "JobSpec",
     "Kind",

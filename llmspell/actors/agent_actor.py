@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 from llmspell.actors.base import ActorBase
-from llmspell.actors.host import HostCore, RemoteAgent
+from llmspell.actors.host import HostCore, RemoteAgent, resolve_agent
 from llmspell.agents.delegation import DelegationPlan, DelegationResult
 from llmspell.agents.env import AgentEnv
 from llmspell.agents.result import RunResult
@@ -156,6 +156,11 @@ class AgentHandle:
     @property
     def ref(self) -> ActorRef:
         return self.runtime.lookup(self.host)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Sent to an agent host inside a workflow (llmspell.supervisors.hosted), a handle
+        # becomes the agent itself there, or one reached by an ask to its own host.
+        return (resolve_agent, (self.host, self.name, self.description))
 
     async def run(self, input: str, *, inputs: dict[str, Any] | None = None,
                   ctx: ToolContext | None = None, run_id: str | None = None,

@@ -8,15 +8,23 @@ concurrent requests to one agent are serialised, never interleaved.
 Messages between agents of one host never cross Ray: `ask_local` numbers them per sender and
 recipient, puts them in the recipient's mailbox (order check, dedupe, capacity) and publishes
 an event for each, like any other message.
+
+A workflow can run here too (`run_hosted`, sent by llmspell.supervisors.hosted): unpickled
+inside `hosting(core)`, its agent handles become `LocalAgent`s for the agents of this host and
+`RemoteAgent`s for the others, so each step on this host is a local message, not a Ray call.
 """
 
 from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, Protocol
+
+from ray import cloudpickle  # Ray's own copy: what it pickles our calls with
 
 from llmspell.agents.delegation import (
     DelegationPlan,
@@ -40,7 +48,8 @@ from llmspell.tools.agent_tool import AgentTool
 from llmspell.tools.base import render_result
 from llmspell.tools.context import ToolContext
 
-__all__ = ["APPROVAL_KEY", "AgentSlot", "HostCore", "LocalAgent", "UnknownAgent"]
+__all__ = ["APPROVAL_KEY", "AgentSlot", "HostCore", "LocalAgent", "UnknownAgent", "hosting",
+           "resolve_agent"]
 
 APPROVAL_KEY = "job:approvals:{run_id}"
 Emit = Callable[[str, dict[str, Any]], None]
@@ -88,6 +97,7 @@ class HostCore:
         self._ids = itertools.count(1)
         self._declared: set[str] = set()
         self._cancelled: dict[str, str] = {}  # run id -> reason, for runs not started yet
+        self.hosted: dict[str, CancelToken] = {}  # run id -> token, of workflows running here
 
     # -- agents -------------------------------------------------------------------------------
 
@@ -135,6 +145,8 @@ class HostCore:
         payload = env.payload if isinstance(env.payload, dict) else {}
         if env.type == "agent.cancel":
             return self.cancel(str(payload.get("run_id", "")), str(payload.get("reason", "")))
+        if env.type == HOSTED_RUN:  # not an agent's message: it runs beside their mailboxes
+            return await self.run_hosted(payload)
         if env.type in ("agent.pause", "agent.unpause"):  # not queued behind a long run
             runner = self.slot(payload.get("agent")).runner
             runner.pause() if env.type == "agent.pause" else runner.unpause()
@@ -242,6 +254,36 @@ class HostCore:
                                     delegations=level.records, breaches=level.breaches)
         return result
 
+    async def run_hosted(self, p: dict[str, Any]) -> dict[str, Any]:
+        """Run a workflow sent here (pickled, see llmspell.supervisors.hosted): its steps on
+        this host's agents are local messages. Cancelled by `cancel(run_id)` like a run."""
+        run_id = str(p.get("run_id") or "")
+        try:
+            with hosting(self):
+                runnable = cloudpickle.loads(p["runnable"])
+        except Exception as exc:  # the sender checked it pickles; this side may still lack code
+            raise ValueError(f"host {self.address!r} cannot load the workflow sent to it: "
+                             f"{type(exc).__name__}: {exc}") from None
+        token = CancelToken()
+        early = self._cancelled.pop(run_id, None)
+        if early is not None:
+            token.cancel(early)
+        env = self.env
+        if p.get("ctx"):
+            ctx = ToolContext.from_wire(p["ctx"], state=env.state, emit=env.emit,
+                                        hooks=env.hooks, cancel=token)
+        else:
+            ctx = ToolContext(job_id=env.job_id, sandbox=env.sandbox, state=env.state,
+                              emit=env.emit, cancel=token, hooks=env.hooks,
+                              max_depth=env.max_depth)
+        self.hosted[run_id] = token
+        try:
+            result: RunResult = await runnable.run(str(p.get("input", "")), ctx=ctx,
+                                                   inputs=p.get("inputs"))
+        finally:
+            self.hosted.pop(run_id, None)
+        return result.model_dump(mode="json")
+
     def specialist(self, ref: SpecialistRef) -> LocalAgent | RemoteAgent:
         """Where a delegation's specialist runs: an agent of this host, or one on another."""
         if ref.host in (None, self.address) and ref.agent in self.slots:
@@ -277,8 +319,8 @@ class HostCore:
         """Cancel a run. A run not started yet (still queued in its agent's mailbox) is
         remembered and starts cancelled, so a caller needs to ask once."""
         reason = reason or "cancelled by its caller"
-        for slot in self.slots.values():
-            token = slot.runs.get(run_id)
+        for runs in (*(s.runs for s in self.slots.values()), self.hosted):
+            token = runs.get(run_id)
             if token is not None:
                 token.cancel(reason)
                 return True
@@ -289,6 +331,7 @@ class HostCore:
 
     def cancel_all(self, reason: str) -> int:
         tokens = [t for s in self.slots.values() for t in s.runs.values()]
+        tokens += self.hosted.values()
         for token in tokens:
             token.cancel(reason)
         return len(tokens)
@@ -332,15 +375,15 @@ class LocalAgent:
         return slot.runner.spec.description if slot else ""
 
     async def run(self, input: str, *, ctx: ToolContext | None = None,
+                  inputs: dict[str, Any] | None = None, run_id: str | None = None,
                   delegation: DelegationPlan | None = None) -> RunResult:
         sender = ctx.chain[-2] if ctx is not None and len(ctx.chain) > 1 else "host"
-        payload: dict[str, Any] = {"input": input}
-        if ctx is not None:
-            payload["ctx"] = ctx.to_wire()
-        if delegation is not None:
-            payload["delegation"] = delegation.model_dump(mode="json")
+        payload = _run_payload(input, ctx, inputs, run_id, delegation)
         result: RunResult = await self.core.ask_local(sender, self.name, "agent.run", payload)
         return result
+
+    async def cancel(self, run_id: str, reason: str = "") -> bool:
+        return self.core.cancel(run_id, reason)
 
 
 class RemoteAgent:
@@ -355,16 +398,64 @@ class RemoteAgent:
         self.timeout = timeout
 
     async def run(self, input: str, *, ctx: ToolContext | None = None,
+                  inputs: dict[str, Any] | None = None, run_id: str | None = None,
                   delegation: DelegationPlan | None = None) -> RunResult:
-        payload: dict[str, Any] = {"agent": self.name, "input": input}
-        if ctx is not None:
-            payload["ctx"] = ctx.to_wire()
-        if delegation is not None:
-            payload["delegation"] = delegation.model_dump(mode="json")
-            reply = await self.call(self.host, "agent.run", payload, self.timeout)
-            return DelegationResult.model_validate(reply)
+        payload = {"agent": self.name, **_run_payload(input, ctx, inputs, run_id, delegation)}
         reply = await self.call(self.host, "agent.run", payload, self.timeout)
+        if delegation is not None:
+            return DelegationResult.model_validate(reply)
         return RunResult.model_validate(reply)
+
+    async def cancel(self, run_id: str, reason: str = "") -> bool:
+        done: bool = await self.call(self.host, "agent.cancel",
+                                     {"run_id": run_id, "reason": reason}, 10.0)
+        return done
+
+
+def _run_payload(input: str, ctx: ToolContext | None, inputs: dict[str, Any] | None,
+                 run_id: str | None, delegation: DelegationPlan | None) -> dict[str, Any]:
+    payload: dict[str, Any] = {"input": input}
+    if ctx is not None:
+        payload["ctx"] = ctx.to_wire()
+    if inputs is not None:
+        payload["inputs"] = inputs
+    if run_id is not None:
+        payload["run_id"] = run_id
+    if delegation is not None:
+        payload["delegation"] = delegation.model_dump(mode="json")
+    return payload
+
+
+# -- workflows run in a host ------------------------------------------------------------------
+
+HOSTED_RUN = "host.run_hosted"
+_HOSTING: ContextVar[HostCore | None] = ContextVar("llmspell_hosting", default=None)
+
+
+@contextmanager
+def hosting(core: HostCore) -> Iterator[None]:
+    """Agent handles unpickled inside resolve to this host's agents (see `resolve_agent`)."""
+    token = _HOSTING.set(core)
+    try:
+        yield
+    finally:
+        _HOSTING.reset(token)
+
+
+def resolve_agent(host: str, name: str, description: str = "") -> LocalAgent | RemoteAgent:
+    """What a pickled AgentHandle becomes where it is unpickled: inside `hosting(core)`, a local
+    agent if it lives on that host, else one reached by an ask to its own host."""
+    core = _HOSTING.get()
+    if core is None:
+        raise TypeError(f"the handle of agent {name!r} (on {host!r}) can only be unpickled in "
+                        "an agent host running a workflow sent to it")
+    if host == core.address:
+        if name not in core.slots:
+            raise UnknownAgent(core.address, name, sorted(core.slots))
+        return LocalAgent(core, name)
+    if core.remote is None:
+        raise UnknownAgent(core.address, name, sorted(core.slots))
+    return RemoteAgent(core.remote, host, name, description)
 
 
 class HostDelegateTool(AgentTool):

@@ -51,8 +51,20 @@ from llmspell.llm.types import Usage
 from llmspell.runtime.messages import new_id
 from llmspell.tools.context import StateAccess
 
-__all__ = ["KEY_PREFIX", "SCHEMA_VERSION", "Checkpoint", "Position", "StoredStep", "clear",
-           "current_position", "input_sha", "parse_record", "resuming", "step_position"]
+__all__ = [
+    "KEY_PREFIX",
+    "SCHEMA_VERSION",
+    "Checkpoint",
+    "Position",
+    "StoredStep",
+    "at_position",
+    "clear",
+    "current_position",
+    "input_sha",
+    "parse_record",
+    "resuming",
+    "step_position",
+]
 
 SCHEMA_VERSION = 2
 KEY_PREFIX = "job:__checkpoint__:"
@@ -81,6 +93,17 @@ def current_position() -> Position:
 def resuming(resume: bool = True) -> Iterator[None]:
     """Runs started inside reuse (or, with False, ignore) checkpointed steps."""
     token = _POSITION.set(Position(resume, current_position().path))
+    try:
+        yield
+    finally:
+        _POSITION.reset(token)
+
+
+@contextlib.contextmanager
+def at_position(position: Position) -> Iterator[None]:
+    """Runs started inside sit at `position` (a workflow run in another process, which
+    brought its caller's position along)."""
+    token = _POSITION.set(position)
     try:
         yield
     finally:

@@ -49,8 +49,10 @@ def actor_agent(step: Any) -> Any:
 
 def queues_runs(step: Any) -> bool:
     """True for an agent in an actor: it runs its messages one at a time, so a second run sent
-    to it waits in its mailbox instead of running alongside the first."""
-    return actor_agent(step) is not None
+    to it waits in its mailbox instead of running alongside the first. (A workflow hosted in
+    an actor is cancelled the same way but runs its runs side by side: False.)"""
+    agent = actor_agent(step)
+    return agent is not None and getattr(agent, "runs_one_at_a_time", True)
 
 
 def prefetch_for(step: Any, prefetch: int | None) -> int:

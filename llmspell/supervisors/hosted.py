@@ -1,0 +1,129 @@
+"""A workflow run in the host of its agents.
+
+Run from the driver, a workflow whose steps are agents in actors sends each step to the agent's
+host as a Ray call (about 2 ms of CPU between the two processes on a small machine, more than
+the workflow's own work per step). `HostedWorkflow` sends the whole workflow to one host
+instead: one call for the run, and there every step on that host's agents is a local mailbox
+message, as calls between agents of one host already are; steps on other hosts are asks from
+that host. The workflow is the same object either way, with the same events, hooks (the
+host's), checkpoints and cancellation:
+
+    flow = MapReduce("fanout", mappers, reduce=reducer, concurrency=8)
+    result = await HostedWorkflow(flow, on=mappers[0]).run(items, ctx=ctx)
+
+The workflow travels pickled (cloudpickle, so lambdas and local functions as splits, predicates
+or routers go too); its agent handles become the agents themselves on arrival
+(llmspell.actors.host.resolve_agent). A workflow holding something that does not pickle (a
+Runtime, a lock, an open file) is refused when it is wrapped, naming what failed. It resumes
+from the checkpoints of the same workflow run in the driver, and the other way round: the
+records are keyed by the call chain and the position, which travel with it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from dataclasses import dataclass
+from typing import Any
+
+from ray import cloudpickle  # Ray's own copy: what it pickles our calls with
+
+from llmspell.actors.agent_actor import AgentHandle
+from llmspell.actors.host import HOSTED_RUN
+from llmspell.agents.result import RunResult
+from llmspell.agents.spec import SpecError
+from llmspell.runtime.messages import new_id
+from llmspell.supervisors.base import Pattern
+from llmspell.supervisors.checkpoint import Position, at_position, current_position, resuming
+from llmspell.tools.context import ToolContext
+
+__all__ = ["HostedWorkflow"]
+
+
+@dataclass
+class _HostedRun:
+    """What travels: the workflow, and where it sits in the caller's enclosing workflows."""
+
+    workflow: Pattern
+    position: Position
+
+    async def run(self, input: str, *, ctx: ToolContext, inputs: dict[str, Any] | None
+                  ) -> RunResult:
+        with at_position(self.position):
+            return await self.workflow.run(input, ctx=ctx, inputs=inputs)
+
+
+class HostedWorkflow:
+    """`workflow` (or any pattern), run in the host of the agent `on` (an AgentHandle). A step
+    like an agent in an actor: it takes a run id, and `cancel(run_id)` stops the run where it
+    is; unlike an agent, two runs of it go side by side."""
+
+    runs_one_at_a_time = False  # so a worker pool gives it no queued item (prefetch 0)
+
+    def __init__(self, workflow: Pattern, *, on: AgentHandle, timeout: float | None = 600.0
+                 ) -> None:
+        self.workflow = workflow
+        self.runtime = on.runtime
+        self.host = on.host
+        self.name = workflow.name
+        self.description = workflow.description
+        self.timeout = timeout
+        self._pack(current_position())  # refuse now what would fail at every run
+
+    def _pack(self, position: Position) -> bytes:
+        try:
+            packed: bytes = cloudpickle.dumps(  # type: ignore[no-untyped-call]
+                _HostedRun(self.workflow, position))
+        except Exception as exc:
+            raise SpecError(f"workflow {self.name!r} cannot be sent to host {self.host!r}: "
+                            f"{type(exc).__name__}: {exc}") from None
+        return packed
+
+    async def run(self, input: str, *, ctx: ToolContext | None = None,
+                  inputs: dict[str, Any] | None = None, run_id: str | None = None,
+                  timeout: float | None = None, resume: bool | None = None) -> RunResult:
+        """Run it there. `resume` as for Workflow.run; a cancel of `ctx` reaches the run in
+        the host (it returns cancelled), as does the cancellation of this call."""
+        with resuming(resume) if resume is not None else contextlib.nullcontext():
+            position = current_position()
+        run_id = run_id or new_id()
+        payload: dict[str, Any] = {"runnable": self._pack(position), "input": input,
+                                   "inputs": inputs, "run_id": run_id}
+        limit = timeout if timeout is not None else self.timeout
+        if ctx is not None:
+            payload["ctx"] = ctx.to_wire()  # the workflow enters its own name there, as here
+            remaining = ctx.remaining()
+            limit = remaining if limit is None or remaining is None else min(limit, remaining)
+        ask = asyncio.ensure_future(self.runtime.ask(self.host, HOSTED_RUN, payload,
+                                                     timeout=limit))
+        try:
+            if ctx is not None:
+                await self._until_done_or_cancelled(ask, ctx, run_id)
+            reply = await ask
+        except asyncio.CancelledError:  # our caller gave up: the run must not go on there
+            ask.cancel()
+            await asyncio.shield(self._cancel_quietly(run_id, "its caller was cancelled"))
+            raise
+        return RunResult.model_validate(reply)
+
+    async def _until_done_or_cancelled(self, ask: asyncio.Future[Any], ctx: ToolContext,
+                                       run_id: str) -> None:
+        stop = asyncio.ensure_future(ctx.cancel.wait())
+        try:
+            await asyncio.wait({ask, stop}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+        if not ask.done():  # cancelled here: the run there returns, cancelled
+            await self._cancel_quietly(run_id, ctx.cancel.reason or "cancelled")
+
+    async def _cancel_quietly(self, run_id: str, reason: str) -> None:
+        with contextlib.suppress(Exception):  # the host is gone, and the run with it
+            await self.cancel(run_id, reason)
+
+    async def cancel(self, run_id: str, reason: str = "") -> bool:
+        done: bool = await self.runtime.ask(self.host, "agent.cancel",
+                                            {"run_id": run_id, "reason": reason}, timeout=10.0)
+        return done
+
+    def __repr__(self) -> str:
+        return f"<HostedWorkflow {self.name} on {self.host}>"
