@@ -221,19 +221,24 @@ class HostCore:
                 return True
         raise ValueError(f"agent {slot.name!r} does not handle {env.type!r}")
 
-    async def _run(self, slot: AgentSlot, p: dict[str, Any]) -> RunResult:
+    def _context(self, p: dict[str, Any], chain: tuple[str, ...]) -> ToolContext:
+        """A run's context: its caller's (from the wire) or a fresh one at `chain`, under a
+        token of its own that `cancel(run_id)` reaches; a run cancelled before it came here
+        starts cancelled."""
         token = CancelToken()
         early = self._cancelled.pop(str(p.get("run_id") or ""), None)
         if early is not None:
             token.cancel(early)
         env = self.env
         if p.get("ctx"):
-            ctx = ToolContext.from_wire(p["ctx"], state=env.state, emit=env.emit,
-                                        hooks=env.hooks, cancel=token)
-        else:  # a run from a driver: still under this token, so `agent.cancel` reaches it
-            ctx = ToolContext(job_id=env.job_id, chain=(slot.name,), sandbox=env.sandbox,
-                              state=env.state, emit=env.emit, cancel=token, hooks=env.hooks,
-                              max_depth=env.max_depth)
+            return ToolContext.from_wire(p["ctx"], state=env.state, emit=env.emit,
+                                         hooks=env.hooks, cancel=token)
+        return ToolContext(job_id=env.job_id, chain=chain, sandbox=env.sandbox, state=env.state,
+                           emit=env.emit, cancel=token, hooks=env.hooks, max_depth=env.max_depth)
+
+    async def _run(self, slot: AgentSlot, p: dict[str, Any]) -> RunResult:
+        ctx = self._context(p, (slot.name,))
+        token = ctx.cancel
         run_id = str(p.get("run_id") or f"{slot.name}-{next(self._ids)}-{id(token):x}")
         level: Level | None = None
         tools: list[Any] | None = None
@@ -264,19 +269,8 @@ class HostCore:
         except Exception as exc:  # the sender checked it pickles; this side may still lack code
             raise ValueError(f"host {self.address!r} cannot load the workflow sent to it: "
                              f"{type(exc).__name__}: {exc}") from None
-        token = CancelToken()
-        early = self._cancelled.pop(run_id, None)
-        if early is not None:
-            token.cancel(early)
-        env = self.env
-        if p.get("ctx"):
-            ctx = ToolContext.from_wire(p["ctx"], state=env.state, emit=env.emit,
-                                        hooks=env.hooks, cancel=token)
-        else:
-            ctx = ToolContext(job_id=env.job_id, sandbox=env.sandbox, state=env.state,
-                              emit=env.emit, cancel=token, hooks=env.hooks,
-                              max_depth=env.max_depth)
-        self.hosted[run_id] = token
+        ctx = self._context(p, ())  # the workflow enters its own name
+        self.hosted[run_id] = ctx.cancel
         try:
             result: RunResult = await runnable.run(str(p.get("input", "")), ctx=ctx,
                                                    inputs=p.get("inputs"))
