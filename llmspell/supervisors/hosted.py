@@ -17,6 +17,9 @@ or routers go too); its agent handles become the agents themselves on arrival
 Runtime, a lock, an open file) is refused when it is wrapped, naming what failed. It resumes
 from the checkpoints of the same workflow run in the driver, and the other way round: the
 records are keyed by the call chain and the position, which travel with it.
+
+The host unpickles what it is sent, as Ray does the arguments of every call: only code inside
+the cluster can send it (the MCP and A2A servers and spells never pass a message type through).
 """
 
 from __future__ import annotations
@@ -83,7 +86,8 @@ class HostedWorkflow:
                   inputs: dict[str, Any] | None = None, run_id: str | None = None,
                   timeout: float | None = None, resume: bool | None = None) -> RunResult:
         """Run it there. `resume` as for Workflow.run; a cancel of `ctx` reaches the run in
-        the host (it returns cancelled), as does the cancellation of this call."""
+        the host (it returns cancelled); the cancellation of this call, or its timeout (an
+        AskTimeout, after `timeout` or the caller's deadline), cancels it there too."""
         with resuming(resume) if resume is not None else contextlib.nullcontext():
             position = current_position()
         run_id = run_id or new_id()
@@ -93,7 +97,8 @@ class HostedWorkflow:
         if ctx is not None:
             payload["ctx"] = ctx.to_wire()  # the workflow enters its own name there, as here
             remaining = ctx.remaining()
-            limit = remaining if limit is None or remaining is None else min(limit, remaining)
+            if remaining is not None:  # the caller's deadline, if sooner
+                limit = remaining if limit is None else min(limit, remaining)
         ask = asyncio.ensure_future(self.runtime.ask(self.host, HOSTED_RUN, payload,
                                                      timeout=limit))
         try:
@@ -103,6 +108,9 @@ class HostedWorkflow:
         except asyncio.CancelledError:  # our caller gave up: the run must not go on there
             ask.cancel()
             await asyncio.shield(self._cancel_quietly(run_id, "its caller was cancelled"))
+            raise
+        except Exception as exc:  # no answer in time (or the host is gone): nor then
+            await self._cancel_quietly(run_id, f"its caller stopped waiting: {exc}")
             raise
         return RunResult.model_validate(reply)
 

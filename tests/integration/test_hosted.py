@@ -19,7 +19,7 @@ from llmspell.actors.agent_actor import AgentHandle, HostSetup, spawn_host
 from llmspell.agents import AgentSpec, RunStatus
 from llmspell.agents.spec import SpecError
 from llmspell.llm.server import LocalLLMServer
-from llmspell.runtime.errors import RemoteError
+from llmspell.runtime.errors import AskTimeout, RemoteError
 from llmspell.runtime.events import Event
 from llmspell.runtime.messages import new_id
 from llmspell.supervisors.hosted import HostedWorkflow
@@ -27,6 +27,7 @@ from llmspell.supervisors.workers import prefetch_for
 from llmspell.supervisors.workflows import MapReduce, Parallel, Sequential
 from llmspell.supervisors.workflows._core import to_step
 from tests.integration.test_workflows_wire import driver_ctx, most_held, one_at_a_time, runs
+from tests.waiting import until
 
 pytestmark = pytest.mark.ray
 
@@ -186,6 +187,22 @@ async def test_what_cannot_travel_or_be_found_is_refused_by_name(
     # the host lives on: the next run there completes
     fine = HostedWorkflow(Sequential("after", [agents["first"]]), on=agents["first"])
     assert (await fine.run("still here", ctx=driver_ctx(runtime, job))).ok
+
+
+async def test_a_hosted_run_the_caller_stops_waiting_for_is_cancelled_in_the_host(
+        runtime: Runtime, job: str, agents: dict[str, AgentHandle]) -> None:
+    flow = Sequential("htimeout", [lambda s: "SLOW " + s, agents["first"]])  # the model: 2 s
+    hosted = HostedWorkflow(flow, on=agents["first"], timeout=0.5)
+    started = time.monotonic()
+    with pytest.raises(AskTimeout):
+        await hosted.run("wait", ctx=driver_ctx(runtime, job))
+    assert time.monotonic() - started < 1.5
+
+    async def finished() -> list[str]:
+        events = await logged(runtime, job, agents, "htimeout")
+        return [e.payload["status"] for e in events if e.topic == "workflow.finished"]
+
+    assert await until(finished, 10.0, "the hosted run's end in the log") == ["cancelled"]
 
 
 async def test_a_hosted_workflow_is_a_step_that_runs_side_by_side(
