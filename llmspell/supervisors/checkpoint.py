@@ -92,11 +92,8 @@ def current_position() -> Position:
 @contextlib.contextmanager
 def resuming(resume: bool = True) -> Iterator[None]:
     """Runs started inside reuse (or, with False, ignore) checkpointed steps."""
-    token = _POSITION.set(Position(resume, current_position().path))
-    try:
+    with at_position(Position(resume, current_position().path)):
         yield
-    finally:
-        _POSITION.reset(token)
 
 
 @contextlib.contextmanager
@@ -115,11 +112,8 @@ def step_position(step_id: str) -> Iterator[None]:
     """What a workflow sets while one of its steps runs, so nested workflows key their
     records under this step."""
     here = current_position()
-    token = _POSITION.set(Position(here.resume, (*here.path, step_id)))
-    try:
+    with at_position(Position(here.resume, (*here.path, step_id))):
         yield
-    finally:
-        _POSITION.reset(token)
 
 
 def input_sha(text: str) -> str:

@@ -35,6 +35,7 @@ from llmspell.actors.agent_actor import AgentHandle
 from llmspell.actors.host import HOSTED_RUN
 from llmspell.agents.result import RunResult
 from llmspell.agents.spec import SpecError
+from llmspell.runtime.errors import AskTimeout
 from llmspell.runtime.messages import new_id
 from llmspell.supervisors.base import Pattern
 from llmspell.supervisors.checkpoint import Position, at_position, current_position, resuming
@@ -109,7 +110,7 @@ class HostedWorkflow:
             ask.cancel()
             await asyncio.shield(self._cancel_quietly(run_id, "its caller was cancelled"))
             raise
-        except Exception as exc:  # no answer in time (or the host is gone): nor then
+        except AskTimeout as exc:  # no answer in time: the run must not go on there either
             await self._cancel_quietly(run_id, f"its caller stopped waiting: {exc}")
             raise
         return RunResult.model_validate(reply)
