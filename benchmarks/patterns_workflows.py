@@ -4,8 +4,10 @@ against their ideal, with the local LLM server answering each call after 50 ms.
     python -m benchmarks.patterns_workflows          # its own server and Ray; prints JSON
 
 As a user would run them: agents in actors (packed onto hosts as a job spec packs them by
-default), the workflow in the driver, its events in the job's event log, its steps checkpointed
-in the state service, and the built-in logging, metrics and usage hooks installed on the agents.
+default), the workflow where a job spec runs it (with its agents when they share one host, as
+MapReduce's 9 do: llmspell.supervisors.hosted.with_its_agents; in the driver when they do not,
+as Parallel's 200 on four hosts), its events in the job's event log, its steps checkpointed in
+the state service, and the built-in logging, metrics and usage hooks installed on the agents.
 
 - `measure_mapreduce`: 200 items over 8 agents (a worker pool of 8), one model call per item,
   then one reduce call. Ideal: ceil(200 / 8) x 50 ms + 50 ms.
@@ -21,9 +23,10 @@ SDK (asyncio tasks, the same concurrency, no agents, actors, events, hooks or ch
 `*_bare_sdk_efficiency` is the most this machine allows with the server and the client sharing
 its cores. And between the two, `*_agents_only_efficiency`: the same agents in the same actor
 driven by a plain asyncio worker pool (no workflow: no step events, hooks or checkpoints), which
-separates the cost of the agent layer from the cost of the workflow. And `*_hosted_efficiency`:
-the same workflow run in the host of its agents (`HostedWorkflow`: its steps on that host are
-local messages, no Ray call from the driver per step).
+separates the cost of the agent layer from the cost of the workflow. And the other placement
+of each: `mapreduce_driver_efficiency`, the MapReduce run in the driver (a Ray call from it per
+step), and `parallel_hosted_efficiency`, the Parallel run in the host of its first agent (its
+steps there local messages, the other hosts' asks from that host).
 """
 
 from __future__ import annotations
@@ -49,7 +52,8 @@ from llmspell.llm.http import http_client
 from llmspell.runtime import process
 from llmspell.runtime.messages import new_id
 from llmspell.runtime.state_client import StateClient
-from llmspell.supervisors.hosted import HostedWorkflow
+from llmspell.supervisors.base import Pattern
+from llmspell.supervisors.hosted import HostedWorkflow, with_its_agents
 from llmspell.supervisors.workflows import MapReduce, Parallel
 from llmspell.tools import ToolContext
 
@@ -149,22 +153,22 @@ async def measure_mapreduce(runtime: Runtime, server_url: str, *, items: int = 2
                     ["reducer"])
     texts = [f"item {i}" for i in range(items)]
 
-    async def workflow(round_: int, hosted: bool = False) -> float:
-        mr = MapReduce(f"mapreduce{round_}{'h' if hosted else ''}", handles[:agents],
+    async def workflow(round_: int, in_driver: bool = False) -> float:
+        mr = MapReduce(f"mapreduce{round_}{'d' if in_driver else ''}", handles[:agents],
                        reduce=handles[agents], concurrency=agents)
-        return await _timed(runtime, job, HostedWorkflow(mr, on=handles[0]) if hosted else mr,
+        return await _timed(runtime, job, mr if in_driver else with_its_agents(mr, handles),
                             json.dumps(texts))
 
     try:
         await _warm(handles)
-        makespan, hosted, bare, direct = await _median_rounds(
-            workflow, lambda r: workflow(r, hosted=True),
+        makespan, driver, bare, direct = await _median_rounds(
+            workflow, lambda r: workflow(r, in_driver=True),
             lambda _: _bare_sdk(server_url, items, agents, then=1),
             lambda _: _agents_only(handles[:agents], texts, then=handles[agents]))
         ideal = (math.ceil(items / agents) + 1) * CALL_MS / 1000
         return {"mapreduce_efficiency": round(ideal / makespan, 3),
                 "mapreduce_makespan_s": round(makespan, 3),
-                "mapreduce_hosted_efficiency": round(ideal / hosted, 3),
+                "mapreduce_driver_efficiency": round(ideal / driver, 3),
                 "mapreduce_ideal_s": round(ideal, 3),
                 "mapreduce_agents_only_efficiency": round(ideal / direct, 3),
                 "mapreduce_bare_sdk_efficiency": round(ideal / bare, 3)}
@@ -180,8 +184,8 @@ async def measure_parallel(runtime: Runtime, server_url: str, *, branches: int =
     async def workflow(round_: int, hosted: bool = False) -> float:
         par = Parallel(f"parallel{round_}{'h' if hosted else ''}", {h.name: h for h in handles},
                        concurrency=concurrency)
-        return await _timed(runtime, job, HostedWorkflow(par, on=handles[0]) if hosted else par,
-                            "answer this")
+        placed = HostedWorkflow(par, on=handles[0]) if hosted else with_its_agents(par, handles)
+        return await _timed(runtime, job, placed, "answer this")
 
     try:
         await _warm(handles)
@@ -200,8 +204,8 @@ async def measure_parallel(runtime: Runtime, server_url: str, *, branches: int =
         runtime.kill_job(job)
 
 
-async def _timed(runtime: Runtime, job: str, flow: MapReduce | Parallel | HostedWorkflow,
-                 input: str) -> float:
+async def _timed(runtime: Runtime, job: str, flow: Pattern | HostedWorkflow, input: str
+                 ) -> float:
     started = time.perf_counter()
     result = await flow.run(input, ctx=_ctx(runtime, job))
     makespan = time.perf_counter() - started

@@ -25,9 +25,10 @@ from llmspell.runtime.hooks import HookRegistry
 from llmspell.runtime.runtime import Runtime
 from llmspell.runtime.state_client import StateClient
 from llmspell.supervisors.actor import ChildStart, SupervisorActor
-from llmspell.supervisors.base import Bind, Step
+from llmspell.supervisors.base import Bind, Pattern, Step
 from llmspell.supervisors.consensus import Consensus
 from llmspell.supervisors.delegation import Delegation
+from llmspell.supervisors.hosted import with_its_agents
 from llmspell.supervisors.saga import Saga
 from llmspell.supervisors.supervisor import Intensity, SupervisorSpec
 from llmspell.supervisors.swarm import Swarm, WorkerSwarm
@@ -87,6 +88,36 @@ def _walk(pattern: Any) -> list[Any]:
     for _, step in p.steps_of(pattern):
         found += _walk(step.pattern)
     return found
+
+
+def travelling_agents(spec: JobSpec) -> list[str] | None:
+    """The agents the root pattern runs, if it can run in an agent host (see Assembly.root):
+    None when it holds a step that belongs in the driver (a tool step, a delegation, whose
+    manager runs there) or names an agent no host of the job carries (a remote one)."""
+    if spec.pattern is None:
+        return [spec.agents[0].name]
+    names: list[str] = []
+    for pattern in _walk(spec.pattern):
+        if isinstance(pattern, p.DelegationSpec):
+            return None
+        for _, step in p.steps_of(pattern):
+            if step.tool is not None:
+                return None
+            names += [step.agent] if step.agent is not None else []
+        names += _named_agents(pattern)
+    hosted = {a.name for a in spec.agents}
+    return names if names and all(n in hosted for n in names) else None
+
+
+def _named_agents(pattern: Any) -> list[str]:
+    """The agents a pattern names outside its steps (members, workers, a router, a judge)."""
+    names: list[str] = []
+    for field_name in ("agents", "workers"):
+        names += getattr(pattern, field_name, None) or []
+    for field_name in ("router", "judge"):
+        name = getattr(pattern, field_name, None)
+        names += [name] if name is not None else []
+    return names
 
 
 def hook_specs(spec: JobSpec) -> list[dict[str, Any]]:
@@ -276,9 +307,23 @@ class Assembly:
 
     def root(self, env: AgentEnv) -> Step:
         if self.spec.pattern is None:  # one agent: a one-step workflow cancels and resumes it
-            return Sequential(self.spec.name, [self.handles[self.spec.agents[0].name]])
-        root: Step = self.pattern(self.spec.pattern, env)
-        return root
+            root: Step = Sequential(self.spec.name, [self.handles[self.spec.agents[0].name]])
+        else:
+            root = self.pattern(self.spec.pattern, env)
+        return self._placed(root)
+
+    def _placed(self, root: Step) -> Step:
+        """The root pattern, run in the host of its agents when they all share one (every step
+        there is then a local message instead of a Ray call from the driver: see
+        llmspell.supervisors.hosted) and `hosts.run_pattern` allows; otherwise in the driver.
+        The job's hooks are installed in its hosts too, so they see the same steps."""
+        names = travelling_agents(self.spec)
+        if self.spec.hosts.run_pattern == "driver" or names is None \
+                or not isinstance(root, Pattern):
+            return root
+        # no time limit of its own: the job's wall time budget cancels it
+        placed: Step = with_its_agents(root, [self.handles[n] for n in names], timeout=None)
+        return placed
 
     def step(self, s: p.StepSpec, env: AgentEnv) -> Any:
         if s.agent is not None:

@@ -30,6 +30,7 @@ from llmspell.actors.agent_actor import AgentHandle
 from llmspell.agents.env import AgentEnv
 from llmspell.agents.result import RunResult, RunStatus
 from llmspell.runtime.cancel import CancelToken
+from llmspell.runtime.errors import ActorError, ActorUnavailable
 from llmspell.runtime.eventlog import EventLog
 from llmspell.runtime.events import Event
 from llmspell.runtime.messages import new_id
@@ -239,9 +240,14 @@ class JobRun:
 async def _call(root: Step, text: str, ctx: ToolContext, inputs: dict[str, Any],
                 resume: bool) -> RunResult:
     takes_inputs = "inputs" in inspect.signature(root.run).parameters
-    with resuming(resume):
-        result = await (root.run(text, ctx=ctx, inputs=inputs) if takes_inputs  # type: ignore[call-arg]
-                        else root.run(text, ctx=ctx))
+    try:
+        with resuming(resume):
+            result = await (root.run(text, ctx=ctx, inputs=inputs) if takes_inputs  # type: ignore[call-arg]
+                            else root.run(text, ctx=ctx))
+    except ActorError as exc:  # a hosted root's host died or refused it: a failed job
+        hint = ("; its completed steps are checkpointed: resuming the job goes on from them"
+                if isinstance(exc, ActorUnavailable) else "")
+        return RunResult(status=RunStatus.failed, agent=root.name, reason=f"{exc}{hint}")
     return result if isinstance(result, RunResult) else RunResult.model_validate(result)
 
 

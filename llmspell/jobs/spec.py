@@ -151,6 +151,10 @@ class HostsSpec(_Strict):
     agents_per_host: int = Field(default=64, ge=1)
     groups: list[HostGroup] = Field(default_factory=list)
     num_cpus: float = Field(default=0.0, ge=0)
+    # Where the root pattern runs. "auto": in the host of its agents when they all share one
+    # and nothing in it belongs in the driver (a tool step, a delegation's manager, a remote
+    # agent): its steps are then local messages, not a Ray call each. "driver": always here.
+    run_pattern: Literal["auto", "driver"] = "auto"
 
 
 class SupervisionSpec(_Strict):

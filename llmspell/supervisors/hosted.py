@@ -26,9 +26,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import structlog
 from ray import cloudpickle  # Ray's own copy: what it pickles our calls with
 
 from llmspell.actors.agent_actor import AgentHandle
@@ -41,7 +43,9 @@ from llmspell.supervisors.base import Pattern
 from llmspell.supervisors.checkpoint import Position, at_position, current_position, resuming
 from llmspell.tools.context import ToolContext
 
-__all__ = ["HostedWorkflow"]
+__all__ = ["HostedWorkflow", "with_its_agents"]
+
+log = structlog.get_logger("llmspell.supervisors")
 
 
 @dataclass
@@ -136,3 +140,19 @@ class HostedWorkflow:
 
     def __repr__(self) -> str:
         return f"<HostedWorkflow {self.name} on {self.host}>"
+
+
+def with_its_agents(pattern: Pattern, agents: Sequence[Any], *, timeout: float | None = 600.0
+                    ) -> Pattern | HostedWorkflow:
+    """`pattern` hosted with `agents` (the agents it runs) when they all live in one host and
+    it pickles; otherwise `pattern` itself, to run where it is called. Where a job runs its
+    root pattern (llmspell.jobs.build), for patterns whose every step is an agent: a function
+    step hosted elsewhere would act on copies of what it holds, so the caller decides."""
+    hosts = {a.host if isinstance(a, AgentHandle) else None for a in agents}
+    if len(hosts) != 1 or None in hosts:
+        return pattern
+    try:
+        return HostedWorkflow(pattern, on=agents[0], timeout=timeout)
+    except SpecError as exc:  # something in it does not pickle: it runs here
+        log.warning("workflow runs where it is called", workflow=pattern.name, reason=str(exc))
+        return pattern

@@ -1,0 +1,95 @@
+"""Where a job's root pattern runs (`hosts.run_pattern`): in the host of its agents when they
+all share one and nothing in it belongs in the driver, else in the driver; checked by who sent
+the workflow's events. A host that dies under a hosted root fails the job with a clear reason,
+and resuming it finishes the job without running its completed step again."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import ray
+
+from llmspell import Runtime
+from llmspell.jobs import JobSpec, JobStatus, run
+from llmspell.jobs.runner import JobRun, resume
+from llmspell.llm.server import LocalLLMServer
+from tests.jobs.common import two_steps
+from tests.waiting import until
+
+pytestmark = pytest.mark.ray
+
+SCENARIO = {"rules": [
+    {"match": {"model": "^drafter$", "contains": "SLOW"}, "reply": "SLOW draft"},
+    {"match": {"model": "^drafter$"}, "reply": "draft one"},
+    {"match": {"model": "^editor$", "contains": "SLOW"}, "latency_ms": 3000, "reply": "late"},
+    {"match": {"model": "^editor$"}, "reply": "final text"},
+]}
+HOST = "supervisor.host-0"  # the job's only host, as plan_hosts names it
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[LocalLLMServer]:
+    with LocalLLMServer(SCENARIO) as s:
+        yield s
+
+
+def _senders(events: list[Any]) -> set[str]:
+    return {e.sender for e in events if e.topic.startswith("workflow.")}
+
+
+async def test_a_pattern_over_one_hosts_agents_runs_in_that_host(
+        runtime: Runtime, job_id: str, server: LocalLLMServer) -> None:
+    result = await run(JobSpec.from_data(two_steps(server)), {"topic": "Ray"},
+                       runtime=runtime, job_id=job_id)
+    assert result.ok and result.output == "final text", result.reason
+    events = await result.events()
+    assert _senders(events) == {f"{job_id}/{HOST}"}
+    assert [e.payload["status"] for e in events if e.topic == "workflow.finished"] == \
+        ["completed"]
+
+
+@pytest.mark.parametrize("change", ["driver", "two_hosts", "tool_step"])
+async def test_a_pattern_that_cannot_travel_or_is_told_to_stay_runs_in_the_driver(
+        runtime: Runtime, job_id: str, server: LocalLLMServer, change: str) -> None:
+    data = two_steps(server)
+    if change == "driver":
+        data["hosts"] = {"run_pattern": "driver"}
+    elif change == "two_hosts":  # one host per agent: no single host holds them all
+        data["hosts"] = {"agents_per_host": 1}
+    else:  # a tool step runs in the driver, so the pattern does too
+        data["pattern"]["steps"].append({"tool": "text_transform",
+                                         "input": '{"text": "{{ previous }}", '
+                                                  '"operation": "upper"}'})
+    result = await run(JobSpec.from_data(data), {"topic": "Ray"}, runtime=runtime,
+                       job_id=job_id)
+    assert result.ok, result.reason
+    assert result.output == ("FINAL TEXT" if change == "tool_step" else "final text")
+    assert _senders(await result.events()) == {runtime.node.identity}
+
+
+async def test_a_host_dying_under_a_hosted_root_fails_the_job_and_resume_finishes_it(
+        runtime: Runtime, job_id: str, server: LocalLLMServer) -> None:
+    spec = JobSpec.from_data(two_steps(server, input="SLOW {{ topic }}"))
+    drafted = sum(r.model == "drafter" for r in server.requests)
+    seen = len(server.requests)
+    job = JobRun(spec, runtime, job_id=job_id, inputs={"topic": "Ray"})
+    try:
+        await job.start()
+        running = asyncio.ensure_future(job.execute())
+        # the editor's call (3 s) has started: the drafter's step is done and checkpointed
+        await until(lambda: any(r.model == "editor" and "SLOW" in str(r.body)
+                                for r in server.requests[seen:]), 30, "the editor's call")
+        ray.kill(ray.get_actor(f"{job_id}/{HOST}", namespace=runtime.settings.namespace),
+                 no_restart=False)
+        result = await asyncio.wait_for(running, 30)
+    finally:
+        await job.close()
+    assert result.status == JobStatus.failed
+    assert f"{job_id}/{HOST}" in result.reason and "resum" in result.reason
+
+    again = await resume(job_id, runtime=runtime)
+    assert again.status == JobStatus.completed, again.reason
+    assert sum(r.model == "drafter" for r in server.requests) - drafted == 1  # not run again
