@@ -1,22 +1,29 @@
 """Where a job's root pattern runs (`hosts.run_pattern`): in the host of its agents when they
 all share one and nothing in it belongs in the driver, else in the driver; checked by who sent
-the workflow's events. A host that dies under a hosted root fails the job with a clear reason,
-and resuming it finishes the job without running its completed step again."""
+the workflow's events. A host that dies under a hosted root fails the job with a clear reason; a
+driver killed takes its hosted run with it; resuming either finishes the job without running
+its completed step again."""
 
 from __future__ import annotations
 
 import asyncio
+import json
+import signal
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 import ray
+import yaml
 
 from llmspell import Runtime
 from llmspell.jobs import JobSpec, JobStatus, run
 from llmspell.jobs.runner import JobRun, resume
 from llmspell.llm.server import LocalLLMServer
+from llmspell.runtime.messages import new_id
 from tests.jobs.common import two_steps
+from tests.jobs.test_cli import cli_env, llmspell
 from tests.waiting import until
 
 pytestmark = pytest.mark.ray
@@ -93,3 +100,29 @@ async def test_a_host_dying_under_a_hosted_root_fails_the_job_and_resume_finishe
     again = await resume(job_id, runtime=runtime)
     assert again.status == JobStatus.completed, again.reason
     assert sum(r.model == "drafter" for r in server.requests) - drafted == 1  # not run again
+
+
+async def test_a_killed_driver_takes_its_hosted_run_with_it_and_resume_finishes_the_job(
+        runtime: Runtime, server: LocalLLMServer, tmp_path: Path) -> None:
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(two_steps(server, input="SLOW {{ topic }}")))
+    job = f"killed-{new_id()[-8:]}"
+    seen = len(server.requests)
+    env = cli_env(runtime)
+    driver = llmspell("run", str(path), "--json", "-i", "topic=Ray", "--job-id", job, env=env,
+                      cwd=tmp_path)
+    try:
+        await until(lambda: any(r.model == "editor" for r in server.requests[seen:])
+                    or driver.poll() is not None, 120, "the hosted run's second step")
+        assert driver.poll() is None, driver.communicate()
+    finally:
+        driver.send_signal(signal.SIGKILL)
+        driver.communicate(timeout=30)
+    await until(lambda: not [a for a in ray.util.list_named_actors() if a.startswith(job)],
+                60, "the job's host, run and all, gone with its driver")
+
+    resumed = llmspell("jobs", "resume", job, "--json", env=env, cwd=tmp_path)
+    out, err = await asyncio.to_thread(resumed.communicate, timeout=180)
+    assert resumed.returncode == 0, err[-3000:]
+    assert json.loads(out.strip().splitlines()[-1])["status"] == "completed"
+    assert sum(r.model == "drafter" for r in server.requests[seen:]) == 1  # not run again

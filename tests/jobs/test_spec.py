@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from llmspell.jobs import JobSpec, JobSpecError
-from llmspell.jobs.build import hook_specs, plan_hosts
+from llmspell.jobs.build import hook_specs, plan_hosts, travelling_agents
 from llmspell.jobs.demo import demo_spec
 from llmspell.jobs.expressions import Expression, ExpressionError
 
@@ -187,3 +188,32 @@ hosts: {groups: [{name: h1, agents: [a]}, {name: h2, agents: [a, b]}]}
         "pools[1].tools[1]": "unknown tool 'calculatr' (did you mean 'calculator'?)",
         "hosts.groups[1].agents[0]": "agent 'a' is already on host 'h1'",
         "hosts.groups[1].agents[1]": "unknown agent 'b'; known: a"}
+
+
+def test_where_the_pattern_runs_is_auto_or_driver() -> None:
+    assert problems("name: x\nagents: [{name: a}]\nhosts: {run_pattern: elsewhere}\n") == {
+        "hosts.run_pattern": "Input should be 'auto' or 'driver'"}
+
+
+@pytest.mark.parametrize(("pattern", "travels"), [
+    (None, {"a"}),  # one agent: its one-step workflow
+    ({"kind": "conditional", "router": "a", "branches": {"x": "b", "y": {"pattern": {
+        "kind": "consensus", "agents": ["a", "b"], "strategy": "judge", "judge": "c"}}}},
+     {"a", "b", "c"}),
+    ({"kind": "sequential", "steps": ["a", {"pattern": {"kind": "worker_swarm",
+                                                         "workers": ["b", "c"]}}]},
+     {"a", "b", "c"}),
+    ({"kind": "sequential", "steps": ["a", {"tool": "calculator"}]}, None),  # a tool step
+    ({"kind": "parallel", "branches": ["a", {"pattern": {
+        "kind": "delegation", "manager": "a", "specialists": ["b"]}}]}, None),  # its manager
+    ({"kind": "sequential", "steps": ["a", "far"]}, None),  # a remote agent
+])
+def test_a_pattern_travels_to_a_host_only_with_every_step_an_agent_of_the_job(
+        pattern: dict[str, Any] | None, travels: set[str] | None) -> None:
+    data: dict[str, Any] = {
+        "name": "placed", "agents": [{"name": n} for n in ("a", "b", "c")][:3 if pattern else 1],
+        "remote_agents": [{"name": "far", "url": "http://127.0.0.1:9/a2a"}]}
+    if pattern is not None:
+        data["pattern"] = pattern
+    found = travelling_agents(JobSpec.from_data(data))
+    assert (None if found is None else set(found)) == travels
