@@ -39,6 +39,7 @@ from llmspell.runtime.settings import RuntimeSettings
 from llmspell.runtime.state_client import StateClient
 from llmspell.supervisors.base import Step
 from llmspell.supervisors.checkpoint import resuming
+from llmspell.supervisors.hosted import HostedWorkflow
 from llmspell.tools.context import ToolContext
 
 from .build import Assembly
@@ -109,6 +110,11 @@ class JobRun:
         self.root = self.parts.root(self.env)
         self.log.info("job started", agents=len(self.parts.handles), pools=len(self.parts.pools))
 
+    @property
+    def pattern_runs_in(self) -> str:
+        """The host the root pattern runs in (see Assembly.root), or "driver"."""
+        return self.root.host if isinstance(self.root, HostedWorkflow) else "driver"
+
     def publish(self, topic: str, payload: dict[str, Any]) -> None:
         self.runtime.node.publish_nowait(topic, payload, job_id=self.job_id)
 
@@ -126,7 +132,8 @@ class JobRun:
         """Run the root pattern to its end and report. Never raises for a failed job."""
         assert self.root is not None and self.ctx is not None, "start() first"
         started = time.perf_counter()
-        self.publish("job.started", {"job": self.spec.name, "resume": resume})
+        self.publish("job.started", {"job": self.spec.name, "resume": resume,
+                                     "pattern_runs_in": self.pattern_runs_in})
         run = await self._run_root(self.input_text(), resume)
         result = JobResult.from_run(self.job_id, run, duration_s=time.perf_counter() - started,
                                     replay=self._replay)

@@ -47,13 +47,17 @@ def _senders(events: list[Any]) -> set[str]:
     return {e.sender for e in events if e.topic.startswith("workflow.")}
 
 
+def _runs_in(events: list[Any]) -> set[str]:
+    return {e.payload["pattern_runs_in"] for e in events if e.topic == "job.started"}
+
+
 async def test_a_pattern_over_one_hosts_agents_runs_in_that_host(
         runtime: Runtime, job_id: str, server: LocalLLMServer) -> None:
     result = await run(JobSpec.from_data(two_steps(server)), {"topic": "Ray"},
                        runtime=runtime, job_id=job_id)
     assert result.ok and result.output == "final text", result.reason
     events = await result.events()
-    assert _senders(events) == {f"{job_id}/{HOST}"}
+    assert _senders(events) == {f"{job_id}/{HOST}"} == _runs_in(events)
     assert [e.payload["status"] for e in events if e.topic == "workflow.finished"] == \
         ["completed"]
 
@@ -74,7 +78,8 @@ async def test_a_pattern_that_cannot_travel_or_is_told_to_stay_runs_in_the_drive
                        job_id=job_id)
     assert result.ok, result.reason
     assert result.output == ("FINAL TEXT" if change == "tool_step" else "final text")
-    assert _senders(await result.events()) == {runtime.node.identity}
+    events = await result.events()
+    assert _senders(events) == {runtime.node.identity} and _runs_in(events) == {"driver"}
 
 
 async def test_a_host_dying_under_a_hosted_root_fails_the_job_and_resume_finishes_it(
