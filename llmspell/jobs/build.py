@@ -93,12 +93,14 @@ def _walk(pattern: Any) -> list[Any]:
 def travelling_agents(spec: JobSpec) -> list[str] | None:
     """The agents the root pattern runs, if it can run in an agent host (see Assembly.root):
     None when it holds a step that belongs in the driver (a tool step, a delegation, whose
-    manager runs there) or names an agent no host of the job carries (a remote one)."""
+    manager runs there), names an agent no host of the job carries (a remote one), or lets
+    branches fail (`allow_partial`: in the driver a host that dies fails the branches sent to
+    it until it is back, and the later ones run; hosted, the whole run would go with it)."""
     if spec.pattern is None:
         return [spec.agents[0].name]
     names: list[str] = []
     for pattern in _walk(spec.pattern):
-        if isinstance(pattern, p.DelegationSpec):
+        if isinstance(pattern, p.DelegationSpec) or getattr(pattern, "allow_partial", False):
             return None
         for _, step in p.steps_of(pattern):
             if step.tool is not None:

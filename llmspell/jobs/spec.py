@@ -153,7 +153,8 @@ class HostsSpec(_Strict):
     num_cpus: float = Field(default=0.0, ge=0)
     # Where the root pattern runs. "auto": in the host of its agents when they all share one
     # and nothing in it belongs in the driver (a tool step, a delegation's manager, a remote
-    # agent): its steps are then local messages, not a Ray call each. "driver": always here.
+    # agent, a pattern that lets branches fail): its steps are then local messages, not a Ray
+    # call each. "driver": always in the driver.
     run_pattern: Literal["auto", "driver"] = "auto"
 
 

@@ -207,6 +207,8 @@ def test_where_the_pattern_runs_is_auto_or_driver() -> None:
     ({"kind": "parallel", "branches": ["a", {"pattern": {
         "kind": "delegation", "manager": "a", "specialists": ["b"]}}]}, None),  # its manager
     ({"kind": "sequential", "steps": ["a", "far"]}, None),  # a remote agent
+    ({"kind": "sequential", "steps": ["a", {"pattern": {  # branches may fail: they go on
+        "kind": "map_reduce", "mapper": ["b", "c"], "allow_partial": True}}]}, None),
 ])
 def test_a_pattern_travels_to_a_host_only_with_every_step_an_agent_of_the_job(
         pattern: dict[str, Any] | None, travels: set[str] | None) -> None:
