@@ -9,6 +9,7 @@ overtake them), and turns Ray's failures into llmspell's errors.
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 import traceback
 from collections.abc import Callable
@@ -215,8 +216,11 @@ class Node:
         its type and message travel with it) or CodecError (the message cannot be sent).
         A request whose recipient is gone or died under it is recorded as a dead letter,
         unless `dead_letter` is False (a caller that will resend it records its own).
+        `timeout` None is the runtime's `ask_timeout_s`; `math.inf` waits as long as it takes
+        (a job's whole run, which its own budget and cancel bound).
         """
         timeout = self.settings.ask_timeout_s if timeout is None else timeout
+        limit = timeout if math.isfinite(timeout) else None
         outbox = self._outboxes.get(address)
         if outbox is not None and len(outbox):
             await outbox.flush()
@@ -226,10 +230,10 @@ class Node:
             if dead_letter:
                 self.dead_letter(address, type, str(exc), job_id=options.get("job_id"))
             raise
-        env = self.envelope(address, type, payload, kind=Kind.ASK, timeout=timeout, **options)
+        env = self.envelope(address, type, payload, kind=Kind.ASK, timeout=limit, **options)
         frame = self.encode(env)
         try:
-            async with asyncio.timeout(timeout):
+            async with asyncio.timeout(limit):
                 reply_frame = await handle.ask.remote(frame)
         except TimeoutError:
             raise AskTimeout(address, type, timeout) from None

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -64,7 +65,8 @@ class _HostedRun:
 class HostedWorkflow:
     """`workflow` (or any pattern), run in the host of the agent `on` (an AgentHandle). A step
     like an agent in an actor: it takes a run id, and `cancel(run_id)` stops the run where it
-    is; unlike an agent, two runs of it go side by side."""
+    is; unlike an agent, two runs of it go side by side. `timeout` bounds each run (None: no
+    bound of its own, only the caller's deadline, as for a job's root)."""
 
     runs_one_at_a_time = False  # so a worker pool gives it no queued item (prefetch 0)
 
@@ -104,8 +106,8 @@ class HostedWorkflow:
             remaining = ctx.remaining()
             if remaining is not None:  # the caller's deadline, if sooner
                 limit = remaining if limit is None else min(limit, remaining)
-        ask = asyncio.ensure_future(self.runtime.ask(self.host, HOSTED_RUN, payload,
-                                                     timeout=limit))
+        ask = asyncio.ensure_future(self.runtime.ask(
+            self.host, HOSTED_RUN, payload, timeout=math.inf if limit is None else limit))
         try:
             if ctx is not None:
                 await self._until_done_or_cancelled(ask, ctx, run_id)

@@ -205,6 +205,18 @@ async def test_a_hosted_run_the_caller_stops_waiting_for_is_cancelled_in_the_hos
     assert await until(finished, 10.0, "the hosted run's end in the log") == ["cancelled"]
 
 
+async def test_a_hosted_run_without_a_bound_outlives_the_default_ask_timeout(
+        runtime: Runtime, job: str, agents: dict[str, AgentHandle],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # A job's root runs hosted with no bound of its own: one ask for the whole job, which must
+    # not end at the runtime's ask timeout (60 s by default; 0.5 s here) when the job is long.
+    monkeypatch.setattr(runtime.node.settings, "ask_timeout_s", 0.5)
+    flow = Sequential("hlong", [lambda s: "SLOW " + s, agents["second"]])  # the model: 2 s
+    result = await HostedWorkflow(flow, on=agents["second"], timeout=None).run(
+        "on", ctx=driver_ctx(runtime, job))
+    assert result.ok and result.output == "too late"
+
+
 async def test_a_hosted_workflow_is_a_step_that_runs_side_by_side(
         runtime: Runtime, job: str, agents: dict[str, AgentHandle]) -> None:
     inner = HostedWorkflow(Sequential("inner", [agents["m0"]]), on=agents["m0"])
