@@ -231,9 +231,17 @@ class ActorBase:
     @untracked
     async def ask(self, frame: bytes) -> bytes:
         """Take one request; resolves to the reply frame (an error frame if it failed)."""
+        return await self._ask(frame, self.settings.max_frame_bytes)
+
+    @untracked
+    async def ask_large(self, frame: bytes) -> bytes:
+        """`ask` for a request, and its reply, up to `max_run_bytes` (Node.ask's `large`)."""
+        return await self._ask(frame, self.settings.max_run_bytes)
+
+    async def _ask(self, frame: bytes, cap: int) -> bytes:
         await self._ensure_started()
         try:
-            env = decode(frame, max_bytes=self.settings.max_frame_bytes)
+            env = decode(frame, max_bytes=cap)
         except CodecError as exc:
             self._refuse_frame(exc)
             return self._error_frame(Envelope(type="?", kind=Kind.ASK, recipient=self.address),
@@ -245,7 +253,7 @@ class ActorBase:
         except Exception as exc:
             return self._error_frame(env, exc)
         try:
-            return encode(env.reply(result), max_bytes=self.settings.max_frame_bytes)
+            return encode(env.reply(result), max_bytes=cap)
         except CodecError as exc:
             return self._error_frame(env, exc)
 

@@ -197,9 +197,9 @@ class Node:
             trace_id=trace_id,
         )
 
-    def encode(self, env: Envelope) -> bytes:
+    def encode(self, env: Envelope, *, max_bytes: int | None = None) -> bytes:
         try:
-            return encode(env, max_bytes=self.settings.max_frame_bytes)
+            return encode(env, max_bytes=max_bytes or self.settings.max_frame_bytes)
         except CodecError:
             # The seq was taken; give the stream a fresh start so the recipient does not wait
             # for a message that will never come.
@@ -209,7 +209,8 @@ class Node:
     # -- ask ----------------------------------------------------------------------------------
 
     async def ask(self, address: str, type: str, payload: Any = None, *,
-                  timeout: float | None = None, dead_letter: bool = True, **options: Any) -> Any:
+                  timeout: float | None = None, dead_letter: bool = True, large: bool = False,
+                  **options: Any) -> Any:
         """Send a request and wait for the reply's payload.
 
         Raises AskTimeout, ActorNotFound, ActorUnavailable, RemoteError (the handler raised;
@@ -217,7 +218,8 @@ class Node:
         A request whose recipient is gone or died under it is recorded as a dead letter,
         unless `dead_letter` is False (a caller that will resend it records its own).
         `timeout` None is the runtime's `ask_timeout_s`; `math.inf` waits as long as it takes
-        (a job's whole run, which its own budget and cancel bound).
+        (a job's whole run, which its own budget and cancel bound). A `large` request and its
+        reply may reach `max_run_bytes` instead of `max_frame_bytes` (a hosted workflow's run).
         """
         timeout = self.settings.ask_timeout_s if timeout is None else timeout
         limit = timeout if math.isfinite(timeout) else None
@@ -231,10 +233,11 @@ class Node:
                 self.dead_letter(address, type, str(exc), job_id=options.get("job_id"))
             raise
         env = self.envelope(address, type, payload, kind=Kind.ASK, timeout=limit, **options)
-        frame = self.encode(env)
+        cap = self.settings.max_run_bytes if large else self.settings.max_frame_bytes
+        frame = self.encode(env, max_bytes=cap)
         try:
             async with asyncio.timeout(limit):
-                reply_frame = await handle.ask.remote(frame)
+                reply_frame = await (handle.ask_large if large else handle.ask).remote(frame)
         except TimeoutError:
             raise AskTimeout(address, type, timeout) from None
         except (RayActorError, RayTaskError) as exc:
@@ -242,7 +245,7 @@ class Node:
             if dead_letter:
                 self.dead_letter(address, type, str(error), job_id=env.job_id, id=env.id)
             raise error from None
-        return raise_for_reply(address, decode(reply_frame))
+        return raise_for_reply(address, decode(reply_frame, max_bytes=cap))
 
     def dead_letter(self, address: str, type: str, reason: str, *, job_id: str | None = None,
                     **extra: Any) -> None:

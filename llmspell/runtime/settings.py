@@ -16,6 +16,10 @@ class RuntimeSettings(BaseSettings):
     local_node_ip: str = "127.0.0.2"
     num_cpus: int | None = None
     max_frame_bytes: int = 4 * 1024 * 1024
+    # A workflow run in the host of its agents takes its whole input in one message and gives
+    # its whole result in one (llmspell.supervisors.hosted), as a driver holds them: those
+    # asks (`large=True`) are capped here instead.
+    max_run_bytes: int = 256 * 1024 * 1024
     mailbox_capacity: int = 10_000
     mailbox_overflow: Literal["block", "reject"] = "block"
     gap_timeout_s: float = 2.0

@@ -106,8 +106,9 @@ class HostedWorkflow:
             remaining = ctx.remaining()
             if remaining is not None:  # the caller's deadline, if sooner
                 limit = remaining if limit is None else min(limit, remaining)
-        ask = asyncio.ensure_future(self.runtime.ask(
-            self.host, HOSTED_RUN, payload, timeout=math.inf if limit is None else limit))
+        ask = asyncio.ensure_future(self.runtime.ask(  # its whole input and result: large
+            self.host, HOSTED_RUN, payload, timeout=math.inf if limit is None else limit,
+            large=True))
         try:
             if ctx is not None:
                 await self._until_done_or_cancelled(ask, ctx, run_id)

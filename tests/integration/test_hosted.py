@@ -217,6 +217,19 @@ async def test_a_hosted_run_without_a_bound_outlives_the_default_ask_timeout(
     assert result.ok and result.output == "too late"
 
 
+async def test_a_hosted_run_takes_an_input_and_gives_a_result_over_the_frame_cap(
+        runtime: Runtime, job: str, agents: dict[str, AgentHandle]) -> None:
+    # In the driver each item travels alone; hosted, the whole input goes in one message and
+    # the whole result comes back in one: both over max_frame_bytes (4 MiB), as large jobs are.
+    cap = runtime.settings.max_frame_bytes
+    items = [f"{i}" + "x" * (cap // 3) for i in range(4)]
+    flow = MapReduce("hbig", [agents["m0"], agents["m1"]])
+    result = await HostedWorkflow(flow, on=agents["m0"]).run(json.dumps(items),
+                                                            ctx=driver_ctx(runtime, job))
+    assert result.ok, result.reason
+    assert [c.text for c in result.children] == [f"echo: {i}" for i in items]
+
+
 async def test_a_hosted_workflow_is_a_step_that_runs_side_by_side(
         runtime: Runtime, job: str, agents: dict[str, AgentHandle]) -> None:
     inner = HostedWorkflow(Sequential("inner", [agents["m0"]]), on=agents["m0"])
