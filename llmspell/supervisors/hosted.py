@@ -38,7 +38,7 @@ from llmspell.actors.agent_actor import AgentHandle
 from llmspell.actors.host import HOSTED_RUN
 from llmspell.agents.result import RunResult
 from llmspell.agents.spec import SpecError
-from llmspell.runtime.errors import AskTimeout
+from llmspell.runtime.errors import ActorUnavailable, AskTimeout
 from llmspell.runtime.messages import new_id
 from llmspell.supervisors.base import Pattern
 from llmspell.supervisors.checkpoint import Position, at_position, current_position, resuming
@@ -69,6 +69,12 @@ class HostedWorkflow:
     bound of its own, only the caller's deadline, as for a job's root)."""
 
     runs_one_at_a_time = False  # so a worker pool gives it no queued item (prefetch 0)
+    # While a run goes on, its host is pinged this often; one that does not answer within
+    # `ping_timeout_s` (None: the runtime's ask timeout) is hung, and the run fails as if the
+    # host had died. A run in the driver has each step's own timeout for that; a hosted run,
+    # a job's whole run without a bound, would otherwise wait on a stuck host forever.
+    ping_every_s = 5.0
+    ping_timeout_s: float | None = None
 
     def __init__(self, workflow: Pattern, *, on: AgentHandle, timeout: float | None = 600.0
                  ) -> None:
@@ -106,9 +112,7 @@ class HostedWorkflow:
             remaining = ctx.remaining()
             if remaining is not None:  # the caller's deadline, if sooner
                 limit = remaining if limit is None else min(limit, remaining)
-        ask = asyncio.ensure_future(self.runtime.ask(  # its whole input and result: large
-            self.host, HOSTED_RUN, payload, timeout=math.inf if limit is None else limit,
-            large=True))
+        ask = asyncio.ensure_future(self._ask_watched(payload, limit, run_id))
         try:
             if ctx is not None:
                 await self._until_done_or_cancelled(ask, ctx, run_id)
@@ -121,6 +125,35 @@ class HostedWorkflow:
             await self._cancel_quietly(run_id, f"its caller stopped waiting: {exc}")
             raise
         return RunResult.model_validate(reply)
+
+    async def _ask_watched(self, payload: dict[str, Any], limit: float | None, run_id: str
+                           ) -> Any:
+        """The run's ask (its whole input and result: a large one), while the host answers
+        pings; ActorUnavailable if it stops answering them."""
+        ask = asyncio.ensure_future(self.runtime.ask(
+            self.host, HOSTED_RUN, payload, timeout=math.inf if limit is None else limit,
+            large=True))
+        try:
+            while not (await asyncio.wait({ask}, timeout=self.ping_every_s))[0]:
+                await self._check_alive(run_id)
+            return ask.result()
+        finally:
+            if not ask.done():
+                ask.cancel()
+                await asyncio.gather(ask, return_exceptions=True)
+
+    async def _check_alive(self, run_id: str) -> None:
+        timeout = self.ping_timeout_s or self.runtime.settings.ask_timeout_s
+        try:
+            await self.runtime.lookup(self.host).ping(timeout=timeout)
+        except AskTimeout:
+            reason = (f"hung: no answer to a ping within {timeout:g}s while running workflow "
+                      f"{self.name!r}")
+            # Told, not asked: it cannot answer now; if it comes back, the run stops there.
+            with contextlib.suppress(Exception):
+                await self.runtime.tell(self.host, "agent.cancel",
+                                        {"run_id": run_id, "reason": reason})
+            raise ActorUnavailable(self.host, reason) from None
 
     async def _until_done_or_cancelled(self, ask: asyncio.Future[Any], ctx: ToolContext,
                                        run_id: str) -> None:

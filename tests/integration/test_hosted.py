@@ -19,13 +19,14 @@ from llmspell.actors.agent_actor import AgentHandle, HostSetup, spawn_host
 from llmspell.agents import AgentSpec, RunStatus
 from llmspell.agents.spec import SpecError
 from llmspell.llm.server import LocalLLMServer
-from llmspell.runtime.errors import AskTimeout, RemoteError
+from llmspell.runtime.errors import ActorUnavailable, AskTimeout, RemoteError
 from llmspell.runtime.events import Event
 from llmspell.runtime.messages import new_id
 from llmspell.supervisors.hosted import HostedWorkflow
 from llmspell.supervisors.workers import prefetch_for
 from llmspell.supervisors.workflows import MapReduce, Parallel, Sequential
 from llmspell.supervisors.workflows._core import to_step
+from llmspell.tools import tool
 from tests.integration.test_workflows_wire import driver_ctx, most_held, one_at_a_time, runs
 from tests.waiting import until
 
@@ -33,7 +34,19 @@ pytestmark = pytest.mark.ray
 
 SCENARIO: dict[str, Any] = {"rules": [
     {"match": {"contains": "SLOW"}, "latency_ms": 2000, "reply": "too late"},
+    {"match": {"contains": "FREEZE", "after_tool_result": False},
+     "reply": {"tool_calls": [{"name": "freeze", "arguments": {}}]}},
 ]}
+
+
+@tool
+async def freeze() -> str:
+    """Block the host's event loop, as a stuck tool or library call would."""
+    time.sleep(FROZEN_S)  # noqa: ASYNC251 - blocking the loop is the point
+    return "thawed"
+
+
+FROZEN_S = 15.0
 NEAR = ("m0", "m1", "reducer", "first", "second", "third")
 
 
@@ -228,6 +241,24 @@ async def test_a_hosted_run_takes_an_input_and_gives_a_result_over_the_frame_cap
                                                             ctx=driver_ctx(runtime, job))
     assert result.ok, result.reason
     assert [c.text for c in result.children] == [f"echo: {i}" for i in items]
+
+
+async def test_a_host_that_stops_answering_pings_fails_the_run_as_unavailable(
+        runtime: Runtime, server: LocalLLMServer) -> None:
+    job = f"hosted-frozen-{new_id()[-8:]}"
+    [agent] = spawn_host(runtime, "frozen", HostSetup(
+        [AgentSpec(name="stuck", model="openai:m", stream=False, tools=["freeze"])],
+        tools=[freeze], providers={"openai": {"base_url": server.openai_base_url,
+                                              "api_key": "sk-test"}}), job_id=job)
+    try:
+        hosted = HostedWorkflow(Sequential("hfrozen", [agent]), on=agent, timeout=None)
+        hosted.ping_every_s, hosted.ping_timeout_s = 0.2, 1.0
+        started = time.monotonic()
+        with pytest.raises(ActorUnavailable, match=r"hung: no answer to a ping within 1s"):
+            await hosted.run("FREEZE", ctx=driver_ctx(runtime, job))
+        assert time.monotonic() - started < FROZEN_S / 2  # not when the tool returns
+    finally:
+        runtime.kill_job(job)
 
 
 async def test_a_hosted_workflow_is_a_step_that_runs_side_by_side(
