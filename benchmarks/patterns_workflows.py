@@ -6,8 +6,10 @@ against their ideal, with the local LLM server answering each call after 50 ms.
 As a user would run them: agents in actors (packed onto hosts as a job spec packs them by
 default), the workflow where a job spec runs it (with its agents when they share one host, as
 MapReduce's 9 do: llmspell.supervisors.hosted.with_its_agents; in the driver when they do not,
-as Parallel's 200 on four hosts), its events in the job's event log, its steps checkpointed in
-the state service, and the built-in logging, metrics and usage hooks installed on the agents.
+as Parallel's 200 on four hosts, where it runs a share of its branches on each host:
+llmspell.supervisors.workflows.spread), its events in the job's event log, its steps
+checkpointed in the state service, and the built-in logging, metrics and usage hooks installed
+on the agents.
 
 - `measure_mapreduce`: 200 items over 8 agents (a worker pool of 8), one model call per item,
   then one reduce call. Ideal: ceil(200 / 8) x 50 ms + 50 ms.
@@ -25,8 +27,9 @@ its cores. And between the two, `*_agents_only_efficiency`: the same agents in t
 driven by a plain asyncio worker pool (no workflow: no step events, hooks or checkpoints), which
 separates the cost of the agent layer from the cost of the workflow. And the other placement
 of each: `mapreduce_driver_efficiency`, the MapReduce run in the driver (a Ray call from it per
-step), and `parallel_hosted_efficiency`, the Parallel run in the host of its first agent (its
-steps there local messages, the other hosts' asks from that host).
+step); `parallel_driver_efficiency`, the Parallel not spread (`spread=False`: a Ray call from
+the driver per branch); and `parallel_hosted_efficiency`, the Parallel run in the host of its
+first agent (its steps there local messages, the other hosts' asks from that host).
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ from typing import Any
 from llmspell import Runtime
 from llmspell.actors.agent_actor import AgentHandle, HostSetup, spawn_host
 from llmspell.agents import AgentSpec
+from llmspell.jobs.build import even_parts
 from llmspell.jobs.spec import HostsSpec
 from llmspell.llm.http import http_client
 from llmspell.runtime import process
@@ -66,18 +70,19 @@ HOOKS = [{"name": "logging"}, {"name": "metrics"}, {"name": "usage"}]
 
 def _host(runtime: Runtime, job: str, server_url: str, names: Sequence[str]
           ) -> list[AgentHandle]:
-    """The agents, packed onto hosts as a job spec packs them by default (`agents_per_host`,
-    64): 9 agents share one host, 200 get four. `server_url` is the OpenAI base URL of the
-    local LLM server (ending in /v1)."""
+    """The agents, packed onto hosts as a job spec packs them by default (at most
+    `agents_per_host`, 64, evenly: llmspell.jobs.build.even_parts): 9 agents share one host,
+    200 get four of 50. `server_url` is the OpenAI base URL of the local LLM server (ending in
+    /v1)."""
     specs = [AgentSpec.model_validate({"name": n, "model": "openai-chat:m", "stream": False,
                                        "memory": {"kind": "window", "max_messages": 4}})
              for n in names]
     providers: dict[str, Any] = {"openai-chat": {"base_url": server_url,
                                                  "api_key": "sk-bench"}}
-    size = HostsSpec().agents_per_host
-    return [handle for i in range(0, len(specs), size)
-            for handle in spawn_host(runtime, f"agents-{i // size}", HostSetup(
-                specs[i:i + size], providers=providers, hook_specs=HOOKS), job_id=job)]
+    parts = even_parts(specs, HostsSpec().agents_per_host)
+    return [handle for i, part in enumerate(parts)
+            for handle in spawn_host(runtime, f"agents-{i}", HostSetup(
+                part, providers=providers, hook_specs=HOOKS), job_id=job)]
 
 
 def _ctx(runtime: Runtime, job: str) -> ToolContext:
@@ -181,21 +186,23 @@ async def measure_parallel(runtime: Runtime, server_url: str, *, branches: int =
     job = f"bench-par-{new_id()[-10:]}"
     handles = _host(runtime, job, server_url, [f"branch{i}" for i in range(branches)])
 
-    async def workflow(round_: int, hosted: bool = False) -> float:
-        par = Parallel(f"parallel{round_}{'h' if hosted else ''}", {h.name: h for h in handles},
-                       concurrency=concurrency)
-        placed = HostedWorkflow(par, on=handles[0]) if hosted else with_its_agents(par, handles)
+    async def workflow(round_: int, place: str = "job") -> float:
+        par = Parallel(f"parallel{round_}{place}", {h.name: h for h in handles},
+                       concurrency=concurrency, spread=place != "driver")
+        placed = HostedWorkflow(par, on=handles[0]) if place == "hosted" else \
+            with_its_agents(par, handles)
         return await _timed(runtime, job, placed, "answer this")
 
     try:
         await _warm(handles)
-        makespan, hosted, bare, direct = await _median_rounds(
-            workflow, lambda r: workflow(r, hosted=True),
+        makespan, driver, hosted, bare, direct = await _median_rounds(
+            workflow, lambda r: workflow(r, "driver"), lambda r: workflow(r, "hosted"),
             lambda _: _bare_sdk(server_url, branches, concurrency),
             lambda _: _parallel_agents_only(handles, concurrency))
         ideal = math.ceil(branches / concurrency) * CALL_MS / 1000
         return {"parallel_efficiency": round(ideal / makespan, 3),
                 "parallel_makespan_s": round(makespan, 3),
+                "parallel_driver_efficiency": round(ideal / driver, 3),
                 "parallel_hosted_efficiency": round(ideal / hosted, 3),
                 "parallel_ideal_s": round(ideal, 3),
                 "parallel_agents_only_efficiency": round(ideal / direct, 3),

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import csv
 import io
+import itertools
 import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from llmspell.actors.agent_actor import AgentHandle, AgentHost, HostSetup
 from llmspell.actors.pool import ToolPoolRef
@@ -51,23 +52,37 @@ from . import patterns as p
 from .expressions import Expression
 from .spec import JobSpec, JobSpecError
 
-__all__ = ["SPLITTERS", "Assembly", "hook_specs", "plan_hosts"]
+__all__ = ["SPLITTERS", "Assembly", "even_parts", "hook_specs", "plan_hosts"]
 
 SUPERVISOR = "supervisor"
 
 
 def plan_hosts(spec: JobSpec) -> dict[str, list[AgentSpec]]:
-    """Host name -> the agents it carries: the named groups, then the rest packed
-    `agents_per_host` at a time, in the order the spec lists them."""
+    """Host name -> the agents it carries: the named groups, then the rest over as few hosts
+    as carry at most `agents_per_host` each, evenly, in the order the spec lists them."""
     agents = {a.name: a for a in _with_swarm_handoffs(spec)}
     plan: dict[str, list[AgentSpec]] = {}
     for group in spec.hosts.groups:
         plan[group.name] = [agents.pop(n) for n in group.agents]
-    rest = list(agents.values())
-    size = spec.hosts.agents_per_host
-    for i in range(0, len(rest), size):
-        plan[f"host-{i // size}"] = rest[i:i + size]
+    for i, part in enumerate(even_parts(list(agents.values()), spec.hosts.agents_per_host)):
+        plan[f"host-{i}"] = part
     return plan
+
+
+T = TypeVar("T")
+
+
+def even_parts(items: list[T], most: int) -> list[list[T]]:
+    """`items` in order, in as few parts of at most `most` as will do, their sizes differing
+    by one at most: 200 by 64 are 50 + 50 + 50 + 50, not 64 + 64 + 64 + 8. A Parallel over
+    them spreads a share on each host (llmspell.supervisors.workflows.spread): even shares
+    finish together."""
+    count = -(-len(items) // most)
+    if count == 0:
+        return []
+    size, extra = divmod(len(items), count)
+    bounds = [i * size + min(i, extra) for i in range(count + 1)]
+    return [items[a:b] for a, b in itertools.pairwise(bounds)]
 
 
 def _with_swarm_handoffs(spec: JobSpec) -> list[AgentSpec]:
@@ -358,7 +373,8 @@ class Assembly:
         branches: Any = ({k: self.step(v, env) for k, v in s.branches.items()}
                          if isinstance(s.branches, dict) else self._steps(s.branches, env))
         return Parallel(name, branches, concurrency=s.concurrency, join=s.join, k=s.k,
-                        allow_partial=s.allow_partial, description=s.description)
+                        allow_partial=s.allow_partial, description=s.description,
+                        spread=self.spec.hosts.run_pattern == "auto")
 
     def _conditional(self, s: p.ConditionalSpec, name: str, env: AgentEnv) -> Conditional:
         branches = {k: self.step(v, env) for k, v in s.branches.items()}

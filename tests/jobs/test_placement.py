@@ -131,3 +131,21 @@ async def test_a_killed_driver_takes_its_hosted_run_with_it_and_resume_finishes_
     assert resumed.returncode == 0, err[-3000:]
     assert json.loads(out.strip().splitlines()[-1])["status"] == "completed"
     assert sum(r.model == "drafter" for r in server.requests[seen:]) == 1  # not run again
+
+
+@pytest.mark.parametrize("run_pattern", ["auto", "driver"])
+async def test_a_parallel_over_several_hosts_runs_a_share_on_each_unless_told_to_stay(
+        runtime: Runtime, job_id: str, server: LocalLLMServer, run_pattern: str) -> None:
+    data = two_steps(server, hosts={"agents_per_host": 1, "run_pattern": run_pattern})
+    data["pattern"] = {"kind": "parallel", "branches": ["drafter", "editor"]}
+    result = await run(JobSpec.from_data(data), {"topic": "Ray"}, runtime=runtime,
+                       job_id=job_id)
+    assert result.ok and result.output == {"drafter": "draft one", "editor": "final text"}
+    events = await result.events()
+    steps = {e.sender for e in events if e.topic.startswith("workflow.step.")}
+    spread = [e.payload["shares"] for e in events if e.topic == "workflow.spread"]
+    if run_pattern == "auto":
+        assert steps == {f"{job_id}/supervisor.host-0", f"{job_id}/supervisor.host-1"}
+        assert [[s["branches"] for s in shares] for shares in spread] == [[1, 1]]
+    else:
+        assert steps == {runtime.node.identity} and spread == []

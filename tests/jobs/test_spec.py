@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from llmspell.jobs import JobSpec, JobSpecError
-from llmspell.jobs.build import hook_specs, plan_hosts, travelling_agents
+from llmspell.jobs.build import even_parts, hook_specs, plan_hosts, travelling_agents
 from llmspell.jobs.demo import demo_spec
 from llmspell.jobs.expressions import Expression, ExpressionError
 
@@ -151,6 +151,16 @@ budgets: {max_tokens: 1000}
     assert [a.handoffs for a in plan["host-0"]] == [["a3"], ["a2"]]
     assert hook_specs(spec) == [{"name": "budget",
                                  "options": {"max_tokens": 1000, "ledger": "state"}}]
+
+
+@pytest.mark.parametrize(("count", "most", "sizes"), [
+    (200, 64, [50, 50, 50, 50]), (7, 3, [3, 2, 2]), (64, 64, [64]), (65, 64, [33, 32]),
+    (1, 5, [1]), (0, 4, [])])
+def test_agents_are_spread_evenly_over_as_few_hosts_as_will_do(
+        count: int, most: int, sizes: list[int]) -> None:
+    parts = even_parts(list(range(count)), most)
+    assert [len(p) for p in parts] == sizes
+    assert [i for p in parts for i in p] == list(range(count))  # in order, none lost
 
 
 def test_expressions_read_state_and_refuse_python() -> None:

@@ -5,6 +5,7 @@ next branch or item), give every branch its own cancel token and merged view of 
 
 from __future__ import annotations
 
+import copy
 import inspect
 import json
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -12,6 +13,7 @@ from typing import Any, Literal
 
 from llmspell.agents.result import RunResult, RunStatus
 from llmspell.agents.spec import SpecError
+from llmspell.runtime.hooks import HookPoint
 from llmspell.supervisors.base import Step, output_text
 from llmspell.supervisors.checkpoint import Checkpoint
 from llmspell.supervisors.merge import MergeRules
@@ -26,6 +28,7 @@ from llmspell.supervisors.workflows._core import (
     summarize,
     to_step,
 )
+from llmspell.supervisors.workflows.spread import plan_shares, run_shares
 from llmspell.tools.context import ToolContext
 
 __all__ = ["MapReduce", "Parallel", "Split", "split_items"]
@@ -49,12 +52,20 @@ class Parallel(Workflow):
     with its status and why, and the state conflicts of the block. Branches that write the
     same state key do it through `merge` rules (MergeRules; by default an undeclared key is
     last-writer with conflicts reported).
+
+    `spread`: when every branch is an agent in an actor and they live on several hosts, each
+    host runs its own share of the branches, and of `concurrency`, as local messages instead
+    of a Ray call per branch from here (join "all" without `allow_partial` only; see
+    llmspell.supervisors.workflows.spread). The workflow-step hooks are then the hosts' own.
+    None (the default) spreads unless the caller's context has workflow-step hooks, which the
+    hosts may not have; True spreads all the same (a job's hooks are installed in its hosts
+    too); False keeps every branch's call here.
     """
 
     def __init__(self, name: str, branches: Mapping[str, Any] | Sequence[Any], *,
                  concurrency: int | None = None, join: Join = "all", k: int = 1,
                  allow_partial: bool = False, merge: Rules = None, description: str = "",
-                 checkpoint: bool = True) -> None:
+                 checkpoint: bool = True, spread: bool | None = None) -> None:
         super().__init__(name, description=description, checkpoint=checkpoint)
         self.branches = _labelled(name, branches)
         if join not in ("all", "any", "first_k"):
@@ -69,17 +80,35 @@ class Parallel(Workflow):
         self.k = {"all": len(self.branches), "any": 1, "first_k": k}[join]
         self.allow_partial = allow_partial
         self.merge = _rules(merge)
+        self.spread = spread
+
     async def _execute(self, input: str, ctx: ToolContext, inputs: dict[str, Any],
                        cp: Checkpoint) -> RunResult:
+        shares = plan_shares(self) if self._spreads(ctx) else None
+        if shares is not None:
+            return await run_shares(self, shares, input, ctx, inputs)
         block = Block(ctx, self.merge)
+        results, taken = await self.run_branches(
+            [(i, label, step) for i, (label, step) in enumerate(self.branches)],
+            self.concurrency, input, ctx, inputs, cp, block)
+        return self.outcome(ctx, results, taken, not_started=block.token.reason,
+                            conflicts=block.note())
+
+    async def run_branches(self, todo: Sequence[tuple[int, str, Step]], concurrency: int,
+                           input: str, ctx: ToolContext, inputs: dict[str, Any],
+                           cp: Checkpoint, block: Block
+                           ) -> tuple[dict[int, RunResult], list[int]]:
+        """Run the branches `todo` (index in the whole Parallel, label, step), at most
+        `concurrency` at once: their results by index, and the indexes of those taken (the
+        completed ones, in the order they completed, up to the join)."""
         n = len(self.branches)
-        results: list[RunResult | None] = [None] * n
-        taken: list[int] = []  # completed branches, in the order they completed
+        results: dict[int, RunResult] = {}
+        taken: list[int] = []
         failures = 0
 
-        async def work(_: int, i: int) -> None:
+        async def work(_: int, j: int) -> None:
             nonlocal failures
-            label, step = self.branches[i]
+            i, label, step = todo[j]
             result = await self.call(step, input, block.branch(f"{self.name}.{label}"),
                                      index=i, step_id=f"b.{label}", cp=cp, label=label,
                                      inputs=inputs)
@@ -94,8 +123,21 @@ class Parallel(Workflow):
                 if self.join != "all" and n - failures < self.k:
                     block.stop(f"join {self.join} can no longer be met")
 
-        await run_pool(n, self.concurrency, work, block.token)
-        return self._outcome(ctx, block, results, taken)
+        await run_pool(len(todo), concurrency, work, block.token)
+        return results, taken
+
+    def _spreads(self, ctx: ToolContext) -> bool:
+        if self.spread is not None:
+            return self.spread
+        hooks = ctx.hooks
+        return hooks is None or not (hooks.has_hooks(HookPoint.before_workflow_step) or
+                                     hooks.has_hooks(HookPoint.after_workflow_step))
+
+    def without_branches(self) -> Parallel:
+        """A copy holding no branches, for a share that brings its own (spread.py)."""
+        bare = copy.copy(self)
+        bare.branches = []
+        return bare
 
     def _joined(self, ctx: ToolContext, block: Block, taken: list[int]) -> None:
         names = [self.branches[i][0] for i in taken]
@@ -103,11 +145,13 @@ class Parallel(Workflow):
                                       "taken": names})
         block.stop(f"join {self.join} met by {', '.join(names)}")
 
-    def _outcome(self, ctx: ToolContext, block: Block, results: list[RunResult | None],
-                 taken: list[int]) -> RunResult:
-        children = [r if r is not None else _cancelled(label, f"not started: "
-                                                              f"{block.token.reason}")
-                    for r, (label, _) in zip(results, self.branches, strict=True)]
+    def outcome(self, ctx: ToolContext, results: Mapping[int, RunResult], taken: list[int],
+                *, not_started: str | None, conflicts: str) -> RunResult:
+        """The Parallel's result from its branches' (a branch with no result never started,
+        for `not_started`) and the state conflicts of its block(s)."""
+        children = [results[i] if i in results else
+                    _cancelled(label, f"not started: {not_started}")
+                    for i, (label, _) in enumerate(self.branches)]
         output = {self.branches[i][0]: children[i].output for i in taken}
         took = set(taken)
         missed = [(label, children[i]) for i, (label, _) in enumerate(self.branches)
@@ -127,7 +171,7 @@ class Parallel(Workflow):
         if status == RunStatus.completed and self.join != "all":
             note = ""  # the branches cancelled once the join was met are not a problem
         return self.result(status, output=output, children=children,
-                           reason=join_reason(note, block.note()))
+                           reason=join_reason(note, conflicts))
 
 
 def _labelled(name: str, branches: Mapping[str, Any] | Sequence[Any]) -> list[tuple[str, Step]]:
