@@ -178,8 +178,22 @@ async def test_a_host_lost_mid_run_fails_its_share_by_name_and_the_others_finish
     assert status == {"e0": RunStatus.completed, "e1": RunStatus.completed,
                       "d0": RunStatus.failed, "d1": RunStatus.failed}
     lost = result.children[2].reason
-    assert f"host {doomed['d0'].host!r} lost its share of the branches" in lost
+    assert lost.startswith(f"its share of the branches on host {doomed['d0'].host!r} did not "
+                           "come back: ") and "ActorDiedError" in lost
     assert "2 of 4 branches did not complete: d0 (failed" in result.reason
+
+
+async def test_the_callers_deadline_bounds_every_share(
+        runtime: Runtime, job: str, agents: dict[str, AgentHandle],
+        server: LocalLLMServer) -> None:
+    ctx = driver_ctx(runtime, job)
+    ctx.deadline = time.monotonic() + 0.5
+    started = time.monotonic()
+    result = await fan("late", agents).run("SLOW late", ctx=ctx)  # each call takes 2 s
+    assert time.monotonic() - started < 1.9  # before any model call could answer
+    assert result.status == RunStatus.failed
+    assert not [c for c in result.children if c.ok]
+    assert "5 of 5 branches did not complete" in result.reason, result.reason
 
 
 def test_only_a_join_of_all_over_actor_agents_on_several_hosts_spreads(

@@ -170,7 +170,7 @@ def _lost(share: _Share, outcome: RunResult | BaseException) -> str | None:
         why = f"{type(outcome).__name__}: {outcome}"
     elif not outcome.ok or len(outcome.children) != len(share.branches) or \
             not isinstance(outcome.output, dict):
-        why = f"its share came back {outcome.status}: {outcome.reason or 'no results'}"
+        why = f"it came back {outcome.status}: {outcome.reason or 'without its results'}"
     else:
         return None
-    return f"host {share.host!r} lost its share of the branches: {why}"[:2000]
+    return f"its share of the branches on host {share.host!r} did not come back: {why}"[:2000]
