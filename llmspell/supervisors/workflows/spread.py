@@ -18,7 +18,8 @@ its slots idle, so with unequal shares the makespan can be a round longer than f
 dies fails the branches of its share that had not finished (the rest of them are in the
 checkpoint); from the driver, only the branches sent to it while it is down would fail. Hence
 only join "all" without `allow_partial` spreads: "any" and "first_k" stop every branch when the
-join is met, across hosts, and `allow_partial` keeps what the other branches did.
+join is met, across hosts, and `allow_partial` keeps what the other branches did. Nor does a
+Parallel whose caller has workflow-step hooks of its own, unless told to (`Parallel(spread=)`).
 """
 
 from __future__ import annotations
