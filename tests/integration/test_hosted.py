@@ -8,7 +8,6 @@ import asyncio
 import json
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +26,7 @@ from llmspell.supervisors.workers import prefetch_for
 from llmspell.supervisors.workflows import MapReduce, Parallel, Sequential
 from llmspell.supervisors.workflows._core import to_step
 from llmspell.tools import tool
+from tests.integration.shared import module_job, module_llm_server
 from tests.integration.test_workflows_wire import driver_ctx, most_held, one_at_a_time, runs
 from tests.waiting import until
 
@@ -50,17 +50,8 @@ FROZEN_S = 15.0
 NEAR = ("m0", "m1", "reducer", "first", "second", "third")
 
 
-@pytest.fixture(scope="module")
-def server() -> Iterator[LocalLLMServer]:
-    with LocalLLMServer(SCENARIO) as s:
-        yield s
-
-
-@pytest.fixture(scope="module")
-def job(runtime: Runtime) -> Iterator[str]:
-    job_id = f"hosted-{new_id()[-12:]}"
-    yield job_id
-    runtime.kill_job(job_id)
+server = module_llm_server(SCENARIO)
+job = module_job("hosted")
 
 
 @pytest.fixture(scope="module")

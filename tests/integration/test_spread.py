@@ -9,7 +9,6 @@ import asyncio
 import json
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,10 +21,10 @@ from llmspell.agents import AgentSpec, RunStatus
 from llmspell.llm.server import LocalLLMServer
 from llmspell.runtime.events import Event
 from llmspell.runtime.hooks import HookContext, HookPoint, HookRegistry
-from llmspell.runtime.messages import new_id
 from llmspell.supervisors.merge import MergeRules
 from llmspell.supervisors.workflows import Parallel
 from llmspell.supervisors.workflows.spread import plan_shares
+from tests.integration.shared import module_job, module_llm_server
 from tests.integration.test_workflows_wire import driver_ctx
 from tests.waiting import until
 
@@ -37,18 +36,8 @@ SCENARIO: dict[str, Any] = {"rules": [
 EAST = ("e0", "e1", "e2")
 WEST = ("w0", "w1")
 
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[LocalLLMServer]:
-    with LocalLLMServer(SCENARIO) as s:
-        yield s
-
-
-@pytest.fixture(scope="module")
-def job(runtime: Runtime) -> Iterator[str]:
-    job_id = f"spread-{new_id()[-12:]}"
-    yield job_id
-    runtime.kill_job(job_id)
+server = module_llm_server(SCENARIO)
+job = module_job("spread")
 
 
 def host(runtime: Runtime, job: str, server: LocalLLMServer, name: str,
