@@ -212,14 +212,18 @@ class Workflow(Pattern):
             return await super().run(input, ctx=ctx, inputs=inputs)
 
     async def _run(self, input: str, ctx: ToolContext, inputs: dict[str, Any]) -> RunResult:
-        state = MergedState.raw(ctx.state) if ctx.state is not None else None
-        cp = await Checkpoint.open(state, ctx.branch, workflow=self.name,
-                                   kind=type(self).__name__, enabled=self.checkpoint,
-                                   publish=ctx.publish)
+        cp = await self.open_checkpoint(ctx)
         try:
             return await self._execute(input, ctx, inputs, cp)
         finally:
             await cp.flush()
+
+    async def open_checkpoint(self, ctx: ToolContext) -> Checkpoint:
+        """This run's checkpoint, at the call chain of `ctx` and the current position."""
+        state = MergedState.raw(ctx.state) if ctx.state is not None else None
+        return await Checkpoint.open(state, ctx.branch, workflow=self.name,
+                                     kind=type(self).__name__, enabled=self.checkpoint,
+                                     publish=ctx.publish)
 
     async def _execute(self, input: str, ctx: ToolContext, inputs: dict[str, Any],
                        cp: Checkpoint) -> RunResult:

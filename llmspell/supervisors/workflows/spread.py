@@ -36,9 +36,7 @@ from llmspell.actors.agent_actor import AgentHandle
 from llmspell.agents.result import RunResult, RunStatus
 from llmspell.agents.spec import SpecError
 from llmspell.supervisors.base import Pattern, Step
-from llmspell.supervisors.checkpoint import Checkpoint
 from llmspell.supervisors.hosted import HostedWorkflow
-from llmspell.supervisors.merge import MergedState
 from llmspell.supervisors.workers import actor_agent
 from llmspell.supervisors.workflows._core import Block, _cancelled, join_reason
 from llmspell.tools.context import ToolContext
@@ -122,9 +120,7 @@ class ParallelShare(Pattern):
                   inputs: dict[str, Any] | None = None) -> RunResult:
         ctx = ctx or ToolContext(chain=(self.name,))
         parallel = self.parallel
-        cp = await Checkpoint.open(MergedState.raw(ctx.state) if ctx.state is not None else None,
-                                   ctx.branch, workflow=self.name, kind=type(parallel).__name__,
-                                   enabled=parallel.checkpoint, publish=ctx.publish)
+        cp = await parallel.open_checkpoint(ctx)  # the whole Parallel's keys
         block = Block(ctx, parallel.merge)
         try:
             results, taken = await parallel.run_branches(
