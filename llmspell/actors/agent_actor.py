@@ -27,7 +27,6 @@ from llmspell.tools.agent_tool import AgentTool
 from llmspell.tools.base import Tool
 from llmspell.tools.context import ToolContext
 from llmspell.tools.executor import RoutedExecutor, ToolExecutor
-from llmspell.tools.registry import ToolRegistry
 from llmspell.tools.registry import default_registry as default_tools
 from llmspell.tools.sandbox import Sandbox
 
@@ -64,7 +63,7 @@ class HostSetup:
 
 class AgentHost(ActorBase):
     def setup(self, setup: HostSetup) -> None:
-        tools = ToolRegistry(default_tools)
+        tools = default_tools.copy()
         for t in setup.tools:
             tools.register(t, replace=True)
         emit, hooks = self._hooks(setup)

@@ -33,8 +33,7 @@ class Agent:
             names = []
             for t in tools:
                 if isinstance(t, Tool):
-                    if t.name not in self.env.tools or self.env.tools.get(t.name) is not t:
-                        self.env.tools.register(t, replace=True)
+                    self.env.tools.register(t, replace=True)
                     names.append(t.name)
                 else:
                     names.append(str(t))

@@ -28,7 +28,7 @@ __all__ = ["AgentEnv"]
 @dataclass
 class AgentEnv:
     providers: ProviderRegistry = field(default_factory=lambda: default_providers)
-    tools: ToolRegistry = field(default_factory=lambda: ToolRegistry(default_tools))
+    tools: ToolRegistry = field(default_factory=default_tools.copy)
     executor: ToolExecutor = field(default_factory=LocalExecutor)
     hooks: HookRegistry = field(default_factory=HookRegistry)
     emit: Emit | None = None

@@ -137,10 +137,10 @@ async def _serve_mcp(target: str | None, *, http: bool, host: str, port: int,
             check_bind(host, token)
         async with served(target) as (tools, steps, job_context):
             if builtin:
-                from llmspell.tools.builtin import BUILTIN_TOOLS
+                from llmspell.tools.builtin import builtin_tools
 
                 names = {t.name for t in tools}
-                tools = [*(t for t in BUILTIN_TOOLS if t.name not in names), *tools]
+                tools = [*(t for t in builtin_tools() if t.name not in names), *tools]
             sandbox = Sandbox(root=root)
             server = build_mcp_server(tools, steps, context=job_context or (
                 lambda tool: ToolContext(chain=("mcp",), sandbox=sandbox)))

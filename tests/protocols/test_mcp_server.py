@@ -25,7 +25,7 @@ from llmspell.protocols.mcp_client import close_all
 from llmspell.protocols.mcp_server import build_mcp_server, mcp_http_app
 from llmspell.protocols.mcp_tools import load_mcp_tools
 from llmspell.tools import ToolContext, ToolError
-from llmspell.tools.builtin import BUILTIN_TOOLS
+from llmspell.tools.builtin import builtin_tools
 from tests.protocols.helpers import STDIO_SERVER, TOKEN, time_server
 from tests.protocols.stdio_server import Greeter, nap, shout
 
@@ -123,7 +123,7 @@ async def test_llmspell_serve_mcp_offers_the_builtin_tools_over_stdio(tmp_path: 
         env={"PYTHONPATH": str(Path(__file__).parents[2])})
     async with mcp.Client(params) as client:
         names = {t.name for t in (await client.list_tools()).tools}
-        assert len(names) == len(BUILTIN_TOOLS) + 2
+        assert len(names) == len(builtin_tools()) + 2
         assert {"read_file", "shout", "greeter"} <= names
         read = await client.call_tool("read_file", {"path": "notes.txt"})
         assert "from the sandbox" in text(read)

@@ -13,7 +13,7 @@ import jsonschema
 import pytest
 
 from llmspell.tools import Sandbox, SandboxViolation, ToolArgumentError, ToolContext, ToolError
-from llmspell.tools.builtin import BUILTIN_TOOLS
+from llmspell.tools.builtin import builtin_tools
 from llmspell.tools.builtin.utility import (
     encode_text,
     hash_digest,
@@ -31,7 +31,7 @@ MINE = {"json_query", "json_validate", "csv_analyze", "data_convert", "xml_query
 
 
 def test_every_tool_is_registered_with_a_described_schema() -> None:
-    by_name = {t.name: t for t in BUILTIN_TOOLS}
+    by_name = {t.name: t for t in builtin_tools()}
     assert set(by_name) >= MINE
     for name in MINE:
         spec = by_name[name].describe()

@@ -16,10 +16,9 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta, tzinfo
 from datetime import timezone as fixed_zone
 from functools import cache
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-import pint
 import simpleeval
 from croniter import croniter
 from croniter.croniter import CroniterBadDateError, CroniterError
@@ -30,6 +29,9 @@ from pydantic import Field
 from llmspell.tools.base import Tool
 from llmspell.tools.builtin.utility import builtin_tool
 from llmspell.tools.errors import ToolError
+
+if TYPE_CHECKING:
+    import pint
 
 __all__ = ["TOOLS"]
 
@@ -148,7 +150,10 @@ def _calc_error(exc: Exception, expression: str) -> ToolError:
 
 @cache
 def _units() -> pint.UnitRegistry[Any]:
+    # Imported on first use: pint costs ~0.1 s, in every process holding the calculator too.
     # The default definitions ship inside pint; no cache folder, so nothing is written.
+    import pint
+
     return pint.UnitRegistry(cache_folder=None)
 
 
@@ -166,6 +171,8 @@ def unit_convert(value: float, from_unit: Annotated[str, Field(max_length=100)],
         to_unit: the unit to convert to, e.g. "mph" or "degF"
     """
     ureg = _units()
+    import pint  # loaded by _units()
+
     try:
         quantity = ureg.Quantity(value, from_unit).to(to_unit)
     except pint.UndefinedUnitError as exc:
