@@ -12,6 +12,8 @@ an event for each, like any other message.
 A workflow can run here too (`run_hosted`, sent by llmspell.supervisors.hosted): unpickled
 inside `hosting(core)`, its agent handles become `LocalAgent`s for the agents of this host and
 `RemoteAgent`s for the others, so each step on this host is a local message, not a Ray call.
+While it runs, its caller may signal it by its run id (`RunSignals`): a spread Parallel's share
+is given more slots that way.
 """
 
 from __future__ import annotations
@@ -48,8 +50,8 @@ from llmspell.tools.agent_tool import AgentTool
 from llmspell.tools.base import render_result
 from llmspell.tools.context import ToolContext
 
-__all__ = ["APPROVAL_KEY", "AgentSlot", "HostCore", "LocalAgent", "UnknownAgent", "hosting",
-           "resolve_agent"]
+__all__ = ["APPROVAL_KEY", "AgentSlot", "HostCore", "LocalAgent", "RunSignals", "UnknownAgent",
+           "hosting", "resolve_agent", "run_signals"]
 
 APPROVAL_KEY = "job:approvals:{run_id}"
 Emit = Callable[[str, dict[str, Any]], None]
@@ -98,6 +100,7 @@ class HostCore:
         self._declared: set[str] = set()
         self._cancelled: dict[str, str] = {}  # run id -> reason, for runs not started yet
         self.hosted: dict[str, CancelToken] = {}  # run id -> token, of workflows running here
+        self.signals: dict[str, RunSignals] = {}  # run id -> what those runs listen to
 
     # -- agents -------------------------------------------------------------------------------
 
@@ -147,6 +150,10 @@ class HostCore:
             return self.cancel(str(payload.get("run_id", "")), str(payload.get("reason", "")))
         if env.type == HOSTED_RUN:  # not an agent's message: it runs beside their mailboxes
             return await self.run_hosted(payload)
+        if env.type == HOSTED_SIGNAL:
+            signals = self.signals.get(str(payload.get("run_id", "")))
+            return signals is not None and signals.deliver(str(payload.get("name", "")),
+                                                           payload.get("data"))
         if env.type in ("agent.pause", "agent.unpause"):  # not queued behind a long run
             runner = self.slot(payload.get("agent")).runner
             runner.pause() if env.type == "agent.pause" else runner.unpause()
@@ -271,11 +278,15 @@ class HostCore:
                              f"{type(exc).__name__}: {exc}") from None
         ctx = self._context(p, ())  # the workflow enters its own name
         self.hosted[run_id] = ctx.cancel
+        signals = self.signals[run_id] = RunSignals()
+        listening = _SIGNALS.set(signals)
         try:
             result: RunResult = await runnable.run(str(p.get("input", "")), ctx=ctx,
                                                    inputs=p.get("inputs"))
         finally:
+            _SIGNALS.reset(listening)
             self.hosted.pop(run_id, None)
+            self.signals.pop(run_id, None)
         return result.model_dump(mode="json")
 
     def specialist(self, ref: SpecialistRef) -> LocalAgent | RemoteAgent:
@@ -423,7 +434,35 @@ def _run_payload(input: str, ctx: ToolContext | None, inputs: dict[str, Any] | N
 # -- workflows run in a host ------------------------------------------------------------------
 
 HOSTED_RUN = "host.run_hosted"
+HOSTED_SIGNAL = "host.signal"  # to a hosted run, by its run id: {"run_id", "name", "data"}
 _HOSTING: ContextVar[HostCore | None] = ContextVar("llmspell_hosting", default=None)
+
+
+class RunSignals:
+    """What a workflow run in a host listens to while it runs (`HostedWorkflow.signal`): one
+    handler per name, set by the workflow (`run_signals().on(...)`). A signal nobody listens
+    to, or sent once the run is over, is dropped: the sender learns it from the reply."""
+
+    def __init__(self) -> None:
+        self._handlers: dict[str, Callable[[Any], None]] = {}
+
+    def on(self, name: str, handler: Callable[[Any], None]) -> None:
+        self._handlers[name] = handler
+
+    def deliver(self, name: str, data: Any) -> bool:
+        handler = self._handlers.get(name)
+        if handler is None:
+            return False
+        handler(data)
+        return True
+
+
+_SIGNALS: ContextVar[RunSignals | None] = ContextVar("llmspell_run_signals", default=None)
+
+
+def run_signals() -> RunSignals | None:
+    """The signals of the hosted run in progress in this task, or None outside one."""
+    return _SIGNALS.get()
 
 
 @contextmanager

@@ -35,7 +35,7 @@ import structlog
 from ray import cloudpickle  # Ray's own copy: what it pickles our calls with
 
 from llmspell.actors.agent_actor import AgentHandle
-from llmspell.actors.host import HOSTED_RUN
+from llmspell.actors.host import HOSTED_RUN, HOSTED_SIGNAL
 from llmspell.agents.result import RunResult
 from llmspell.agents.spec import SpecError
 from llmspell.runtime.errors import ActorUnavailable, AskTimeout
@@ -173,6 +173,13 @@ class HostedWorkflow:
         done: bool = await self.runtime.ask(self.host, "agent.cancel",
                                             {"run_id": run_id, "reason": reason}, timeout=10.0)
         return done
+
+    async def signal(self, run_id: str, name: str, data: Any = None) -> bool:
+        """Tell the run `run_id` in progress there something (llmspell.actors.host.RunSignals):
+        True if it was listening for `name`; False if not, or if it is over."""
+        heard: bool = await self.runtime.ask(self.host, HOSTED_SIGNAL, {
+            "run_id": run_id, "name": name, "data": data}, timeout=10.0)
+        return heard
 
     def __repr__(self) -> str:
         return f"<HostedWorkflow {self.name} on {self.host}>"

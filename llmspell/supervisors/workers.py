@@ -17,6 +17,7 @@ from llmspell.agents.spec import SpecError
 from llmspell.runtime.cancel import CancelToken
 
 __all__ = [
+    "Slots",
     "actor_agent",
     "check_prefetch",
     "is_actor_agent",
@@ -71,8 +72,26 @@ def check_prefetch(what: str, prefetch: Any) -> None:
                         f"got {prefetch!r}")
 
 
+class Slots:
+    """More workers for a pool while it runs: `add(n)` starts n more (a spread Parallel's
+    share is given the slots of a share that has finished). Slots added before the pool starts
+    start with it; after it has ended, or beyond the items left, they are not used."""
+
+    def __init__(self) -> None:
+        self.added = 0
+        self._start: Callable[[int], None] | None = None
+
+    def add(self, n: int) -> None:
+        if n <= 0:
+            return
+        self.added += n
+        if self._start is not None:
+            self._start(n)
+
+
 async def run_pool(count: int, concurrency: int, work: Callable[[int, int], Awaitable[None]],
-                   token: CancelToken, *, prefetch: Callable[[int], int] | None = None) -> None:
+                   token: CancelToken, *, prefetch: Callable[[int], int] | None = None,
+                   slots: Slots | None = None) -> None:
     """`work(worker, index)` for every index on `concurrency` workers: each free worker takes
     the next index, until none is left or the token is cancelled.
 
@@ -80,8 +99,10 @@ async def run_pool(count: int, concurrency: int, work: Callable[[int, int], Awai
     working on, so that it never waits for its next one (an agent in an actor runs its
     messages one at a time, and without a queued one it idles for the round trip between two).
     While fewer than `concurrency` indexes are left, a worker takes one only when it holds
-    none: the last ones go to whichever worker is free, not behind a busy one."""
-    workers = max(1, min(concurrency, count))
+    none: the last ones go to whichever worker is free, not behind a busy one.
+
+    `slots`: workers added while it runs (`Slots.add`), on top of `concurrency`."""
+    workers = max(1, min(concurrency + (slots.added if slots else 0), count))
     taken = 0
     held = [0] * workers
 
@@ -101,6 +122,22 @@ async def run_pool(count: int, concurrency: int, work: Callable[[int, int], Awai
                 held[w] -= 1
 
     async with asyncio.TaskGroup() as group:
-        for w in range(workers):
+        def start(w: int) -> None:
             for _ in range(1 + (prefetch(w) if prefetch is not None else 0)):
                 group.create_task(lane(w))
+
+        def more(n: int) -> None:
+            nonlocal workers
+            for _ in range(min(n, count - taken)):  # a worker more than the items left idles
+                if token.cancelled:
+                    return
+                held.append(0)
+                workers += 1
+                start(workers - 1)
+
+        for w in range(workers):
+            start(w)
+        if slots is not None:
+            slots._start = more
+    if slots is not None:
+        slots._start = None

@@ -21,6 +21,7 @@ from llmspell.agents import AgentSpec, RunStatus
 from llmspell.llm.server import LocalLLMServer
 from llmspell.runtime.events import Event
 from llmspell.runtime.hooks import HookContext, HookPoint, HookRegistry
+from llmspell.supervisors.hosted import HostedWorkflow
 from llmspell.supervisors.merge import MergeRules
 from llmspell.supervisors.workflows import Parallel
 from llmspell.supervisors.workflows.spread import plan_shares
@@ -32,6 +33,7 @@ pytestmark = pytest.mark.ray
 
 SCENARIO: dict[str, Any] = {"rules": [
     {"match": {"contains": "SLOW"}, "latency_ms": 2000, "reply": "too late"},
+    {"match": {"model": "^slow$"}, "latency_ms": 2000, "reply": "slowly"},
 ]}
 EAST = ("e0", "e1", "e2")
 WEST = ("w0", "w1")
@@ -41,10 +43,10 @@ job = module_job("spread")
 
 
 def host(runtime: Runtime, job: str, server: LocalLLMServer, name: str,
-         agents: tuple[str, ...]) -> list[AgentHandle]:
+         agents: tuple[str, ...], model: str = "m") -> list[AgentHandle]:
     providers: dict[str, Any] = {"openai": {"base_url": server.openai_base_url,
                                             "api_key": "sk-test"}}
-    specs = [AgentSpec(name=n, model="openai:m", stream=False) for n in agents]
+    specs = [AgentSpec(name=n, model=f"openai:{model}", stream=False) for n in agents]
     return spawn_host(runtime, name, HostSetup(specs, providers=providers), job_id=job)
 
 
@@ -60,8 +62,8 @@ def fan(name: str, agents: dict[str, AgentHandle], **options: Any) -> Parallel:
 
 async def logged(runtime: Runtime, job: str, agents: dict[str, AgentHandle],
                  root: str) -> list[Event]:
-    for name in ("e0", "w0"):
-        await agents[name].ref.flush()
+    for agent in {a.host: a for a in agents.values()}.values():  # one per host
+        await agent.ref.flush()
     return [e for e in await runtime.replay(job)
             if str((e.payload or {}).get("branch", "")).split("/")[0] == root]
 
@@ -102,7 +104,10 @@ async def test_each_host_runs_its_share_as_local_messages_with_its_share_of_the_
              if e.topic == "workflow.step.finished"}
     assert steps == {"e0": (east, 0), "e1": (east, 1), "e2": (east, 2), "w0": (west, 3),
                      "w1": (west, 4)}
-    assert most_at_once(events, east) == 2 and most_at_once(events, west) == 1
+    # West may be given east's slots once east is done (the handover test below)
+    handed = sum(to["slots"] for e in events if e.topic == "workflow.spread.handover"
+                 for to in e.payload["to"] if to["host"] == west)
+    assert most_at_once(events, east) == 2 and most_at_once(events, west) <= 1 + handed
     finished = [e for e in events if e.topic == "workflow.finished"]
     assert [(e.sender, e.payload["status"]) for e in finished] == \
         [(runtime.node.identity, "completed")]  # the Parallel itself: in the driver
@@ -183,6 +188,32 @@ async def test_the_callers_deadline_bounds_every_share(
     assert result.status == RunStatus.failed
     assert not [c for c in result.children if c.ok]
     assert "5 of 5 branches did not complete" in result.reason, result.reason
+
+
+async def test_a_finished_shares_slots_go_to_a_share_still_running(
+        runtime: Runtime, job: str, server: LocalLLMServer) -> None:
+    """Three slots over a host of two quick agents (one slot) and a host of three whose model
+    answers after 2 s (two): once the quick share is done, its slot goes to the slow one,
+    which then runs its three branches at once instead of in two rounds."""
+    quick = {h.name: h for h in host(runtime, job, server, "quick", ("q0", "q1"))}
+    lag = {h.name: h for h in host(runtime, job, server, "lag", ("l0", "l1", "l2"), "slow")}
+    flow = Parallel("handover", {**quick, **lag}, concurrency=3)
+    result = await flow.run("go", ctx=driver_ctx(runtime, job))
+
+    assert result.ok, result.reason
+    assert result.output == {"q0": "echo: go", "q1": "echo: go", "l0": "slowly",
+                             "l1": "slowly", "l2": "slowly"}
+    events = await logged(runtime, job, {**quick, **lag}, "handover")
+    q, slow = quick["q0"].host, lag["l0"].host
+    assert [e.payload["shares"] for e in events if e.topic == "workflow.spread"] == [[
+        {"host": q, "branches": 2, "concurrency": 1},
+        {"host": slow, "branches": 3, "concurrency": 2}]]
+    assert [e.payload for e in events if e.topic == "workflow.spread.handover"] == [{
+        "workflow": "handover", "branch": "handover", "from": [q],
+        "to": [{"host": slow, "slots": 1}]}]
+    assert most_at_once(events, q) == 1 and most_at_once(events, slow) == 3
+    # A signal to a run that is over, or never was, is not heard.
+    assert not await HostedWorkflow(flow, on=lag["l0"]).signal("no-such-run", "slots", 1)
 
 
 def test_only_a_join_of_all_over_actor_agents_on_several_hosts_spreads(

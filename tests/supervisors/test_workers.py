@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 
 from llmspell.runtime.cancel import CancelToken
-from llmspell.supervisors.workers import run_pool
+from llmspell.supervisors.workers import Slots, run_pool
 
 
 async def _pool_trace(count: int, workers: int, prefetch: int, cancel_at: int | None = None
@@ -57,3 +57,74 @@ async def test_run_pool_prefetch_takes_nothing_new_once_cancelled() -> None:
     done, _, _, _ = await _pool_trace(count=40, workers=4, prefetch=1, cancel_at=5)
     # What was already taken (at most 2 per worker) finishes; nothing after it starts.
     assert 6 <= len(done) <= 5 + 1 + 2 * 4 and max(done) < 15
+
+
+async def test_slots_added_while_a_pool_runs_start_that_many_more_workers() -> None:
+    """A spread Parallel's share given another share's slots: more at once, never more
+    workers than items left, and slots given after the pool ended go nowhere."""
+    gates = [asyncio.Event() for _ in range(6)]
+    running, peak, done = 0, 0, []
+    slots = Slots()
+
+    async def work(_: int, i: int) -> None:
+        nonlocal running, peak
+        running += 1
+        peak = max(peak, running)
+        await gates[i].wait()
+        running -= 1
+        done.append(i)
+
+    pool = asyncio.ensure_future(run_pool(6, 2, work, CancelToken(), slots=slots))
+    await asyncio.sleep(0.01)
+    assert (running, peak) == (2, 2)  # items 0 and 1
+    slots.add(2)
+    await asyncio.sleep(0.01)
+    assert running == 4  # items 2 and 3 started beside them
+    for i in range(4):
+        gates[i].set()
+    await asyncio.sleep(0.01)
+    assert running == 2  # the last two items, taken by workers set free
+    slots.add(5)  # no item left to take: no worker starts
+    await asyncio.sleep(0.01)
+    assert running == 2 and peak == 4
+    gates[4].set()
+    gates[5].set()
+    await pool
+    assert sorted(done) == list(range(6))
+    slots.add(3)  # after the end: dropped
+    assert slots.added == 10
+
+
+async def test_slots_added_before_the_pool_starts_count_from_its_start() -> None:
+    slots = Slots()
+    slots.add(2)
+    slots.add(0)
+    slots.add(-1)  # nothing
+    running, peak = 0, 0
+
+    async def work(_: int, i: int) -> None:
+        nonlocal running, peak
+        running += 1
+        peak = max(peak, running)
+        await asyncio.sleep(0.01)
+        running -= 1
+
+    await run_pool(8, 1, work, CancelToken(), slots=slots)
+    assert peak == 3
+
+
+async def test_slots_are_not_used_once_the_pool_is_cancelled() -> None:
+    token = CancelToken()
+    started: list[int] = []
+    slots = Slots()
+
+    async def work(_: int, i: int) -> None:
+        started.append(i)
+        await asyncio.sleep(0.05)
+
+    pool = asyncio.ensure_future(run_pool(10, 1, work, token, slots=slots))
+    await asyncio.sleep(0.01)
+    token.cancel("stop")
+    slots.add(4)
+    await pool
+    assert started == [0]

@@ -17,7 +17,7 @@ from llmspell.runtime.hooks import HookPoint
 from llmspell.supervisors.base import Step, output_text
 from llmspell.supervisors.checkpoint import Checkpoint
 from llmspell.supervisors.merge import MergeRules
-from llmspell.supervisors.workers import check_prefetch, prefetch_for, run_pool
+from llmspell.supervisors.workers import Slots, check_prefetch, prefetch_for, run_pool
 from llmspell.supervisors.workflows._core import (
     Block,
     Workflow,
@@ -96,11 +96,12 @@ class Parallel(Workflow):
 
     async def run_branches(self, todo: Sequence[tuple[int, str, Step]], concurrency: int,
                            input: str, ctx: ToolContext, inputs: dict[str, Any],
-                           cp: Checkpoint, block: Block
+                           cp: Checkpoint, block: Block, slots: Slots | None = None
                            ) -> tuple[dict[int, RunResult], list[int]]:
         """Run the branches `todo` (index in the whole Parallel, label, step), at most
-        `concurrency` at once: their results by index, and the indexes of those taken (the
-        completed ones, in the order they completed, up to the join)."""
+        `concurrency` at once (more as `slots` are added): their results by index, and the
+        indexes of those taken (the completed ones, in the order they completed, up to the
+        join)."""
         n = len(self.branches)
         results: dict[int, RunResult] = {}
         taken: list[int] = []
@@ -123,7 +124,7 @@ class Parallel(Workflow):
                 if self.join != "all" and n - failures < self.k:
                     block.stop(f"join {self.join} can no longer be met")
 
-        await run_pool(len(todo), concurrency, work, block.token)
+        await run_pool(len(todo), concurrency, work, block.token, slots=slots)
         return results, taken
 
     def _spreads(self, ctx: ToolContext) -> bool:

@@ -12,11 +12,14 @@ Parallel), hooks (the host's, which a job installs there too), checkpoint record
 same keys (a spread run resumes a run made in the driver, and the other way round), cancel and
 deadline. The Parallel then joins the shares' results as it joins its branches'.
 
-What changes: work no longer flows between hosts. A host that finishes its share early leaves
-its slots idle, so with unequal shares the makespan can be a round longer than from the driver
-(a job packs its agents evenly over its hosts, llmspell.jobs.build.plan_hosts). A host that
-dies fails the branches of its share that had not finished (the rest of them are in the
-checkpoint); from the driver, only the branches sent to it while it is down would fail. Hence
+What changes: work does not flow between hosts, slots do. A branch runs on its agent's host,
+so a host whose branches are slow (a longer answer, a slower model) would keep its share of
+the limit to the end while the others' slots idle; instead, when a share finishes, the driver
+hands its slots to the shares still running, in proportion to the branches each has beyond
+its slots (a `workflow.spread.handover` event), and they start that many more at once
+(`RunSignals`, llmspell.actors.host). A host that dies fails the branches of its share that
+had not finished (the rest of them are in the checkpoint); from the driver, only the branches
+sent to it while it is down would fail. Hence
 only join "all" without `allow_partial` spreads: "any" and "first_k" stop every branch when the
 join is met, across hosts, and `allow_partial` keeps what the other branches did. Nor does a
 Parallel whose caller has workflow-step hooks of its own, unless told to (`Parallel(spread=)`).
@@ -33,11 +36,13 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from llmspell.actors.agent_actor import AgentHandle
+from llmspell.actors.host import run_signals
 from llmspell.agents.result import RunResult, RunStatus
 from llmspell.agents.spec import SpecError
+from llmspell.runtime.messages import new_id
 from llmspell.supervisors.base import Pattern, Step
 from llmspell.supervisors.hosted import HostedWorkflow
-from llmspell.supervisors.workers import actor_agent
+from llmspell.supervisors.workers import Slots, actor_agent
 from llmspell.supervisors.workflows._core import Block, _cancelled, join_reason
 from llmspell.tools.context import ToolContext
 
@@ -69,12 +74,20 @@ def apportion(sizes: Sequence[int], limit: int) -> list[int]:
     return shares
 
 
+SLOTS = "slots"  # the signal that gives a running share more slots: {"data": how many}
+
+
 @dataclass
 class _Share:
     host: str
     branches: list[Branch]
-    concurrency: int
+    concurrency: int  # its slots: its share of the limit, and those handed to it since
     hosted: HostedWorkflow  # the share, to run in that host
+    run_id: str = ""
+
+    def wants(self) -> int:
+        """How many more slots it could use: a branch per slot at most."""
+        return max(0, len(self.branches) - self.concurrency)
 
 
 def plan_shares(parallel: Parallel) -> list[_Share] | None:
@@ -122,10 +135,14 @@ class ParallelShare(Pattern):
         parallel = self.parallel
         cp = await parallel.open_checkpoint(ctx)  # the whole Parallel's keys
         block = Block(ctx, parallel.merge)
+        slots = Slots()
+        signals = run_signals()
+        if signals is not None:  # hosted (not when run in place, as in tests)
+            signals.on(SLOTS, lambda n: slots.add(n if type(n) is int else 0))
         try:
             results, taken = await parallel.run_branches(
                 self.branches, self.concurrency, input, ctx, inputs or {"input": input}, cp,
-                block)
+                block, slots)
         finally:
             await cp.flush()
         children = [results[i] if i in results else
@@ -141,8 +158,7 @@ async def run_shares(parallel: Parallel, shares: list[_Share], input: str, ctx: 
     ctx.publish("workflow.spread", {"workflow": parallel.name, "shares": [
         {"host": s.host, "branches": len(s.branches), "concurrency": s.concurrency}
         for s in shares]})
-    outcomes = await asyncio.gather(
-        *(s.hosted.run(input, ctx=ctx, inputs=inputs) for s in shares), return_exceptions=True)
+    outcomes = await _run_all(parallel, shares, input, ctx, inputs)
     results: dict[int, RunResult] = {}
     taken: list[int] = []
     conflicts: list[str] = []
@@ -159,6 +175,67 @@ async def run_shares(parallel: Parallel, shares: list[_Share], input: str, ctx: 
         conflicts.append(outcome.output["conflicts"])
     return parallel.outcome(ctx, results, taken, not_started=ctx.cancel.reason,
                             conflicts=join_reason(*conflicts))
+
+
+async def _run_all(parallel: Parallel, shares: list[_Share], input: str, ctx: ToolContext,
+                   inputs: dict[str, Any]) -> list[RunResult | BaseException]:
+    """Each share's result (or what it raised), handing a finished share's slots over to the
+    shares still running."""
+    for share in shares:
+        share.run_id = new_id()
+    runs = {asyncio.ensure_future(s.hosted.run(input, ctx=ctx, inputs=inputs,
+                                               run_id=s.run_id)): s for s in shares}
+    try:
+        running = set(runs)
+        while running:
+            done, running = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+            if running and not ctx.cancel.cancelled:
+                await _hand_over(parallel, [runs[t] for t in done], [runs[t] for t in running],
+                                 ctx)
+    finally:  # cancelled: each run stops in its host (HostedWorkflow.run sees to it)
+        for run in runs:
+            run.cancel()
+        await asyncio.gather(*runs, return_exceptions=True)
+    return [_outcome(run) for run in runs]
+
+
+def _outcome(run: asyncio.Future[RunResult]) -> RunResult | BaseException:
+    if run.cancelled():
+        return asyncio.CancelledError("its run was cancelled")
+    return run.exception() or run.result()
+
+
+async def _hand_over(parallel: Parallel, finished: list[_Share], running: list[_Share],
+                     ctx: ToolContext) -> None:
+    """The slots of the `finished` shares, to those `running` that could use more."""
+    free = sum(s.concurrency for s in finished)
+    for share in finished:
+        share.concurrency = 0
+    wanting = [s for s in running if s.wants()]
+    if not free or not wanting:
+        return
+    if free >= len(wanting):
+        given = apportion([s.wants() for s in wanting], free)
+    else:  # fewer slots than shares: one each to those with the most branches left over
+        most = sorted(range(len(wanting)), key=lambda j: -wanting[j].wants())[:free]
+        given = [1 if j in most else 0 for j in range(len(wanting))]
+    handed = []
+    for share, n in zip(wanting, given, strict=True):
+        if n and await _give(share, n):
+            share.concurrency += n
+            handed.append({"host": share.host, "slots": n})
+    if handed:
+        ctx.publish("workflow.spread.handover", {
+            "workflow": parallel.name, "from": [s.host for s in finished], "to": handed})
+
+
+async def _give(share: _Share, n: int) -> bool:
+    """Whether the share, still running in its host, took `n` more slots."""
+    try:
+        return await share.hosted.signal(share.run_id, SLOTS, n)
+    except Exception as exc:  # its host is gone: the share's own result says so
+        log.info("spread share not given slots", host=share.host, error=str(exc))
+        return False
 
 
 def _lost(share: _Share, outcome: RunResult | BaseException) -> str | None:
