@@ -51,7 +51,7 @@ log = structlog.get_logger("llmspell.supervisors")
 
 @dataclass
 class _HostedRun:
-    """What travels: the workflow, and where it sits in the caller's enclosing workflows."""
+    """What runs there: the workflow, and where it sits in the caller's enclosing workflows."""
 
     workflow: Pattern
     position: Position
@@ -62,11 +62,30 @@ class _HostedRun:
             return await self.workflow.run(input, ctx=ctx, inputs=inputs)
 
 
+@dataclass
+class _Packed:
+    """What travels: the workflow pickled once, when its HostedWorkflow was made (a spread
+    Parallel's share holds dozens of agent handles: ~0.7 ms a pickling), and the position of
+    this run. Unpickled there, inside the host's `hosting` (its handles become its agents),
+    it is the _HostedRun."""
+
+    workflow: bytes
+    position: Position
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return _unpack, (self.workflow, self.position)
+
+
+def _unpack(workflow: bytes, position: Position) -> _HostedRun:
+    return _HostedRun(cloudpickle.loads(workflow), position)
+
+
 class HostedWorkflow:
     """`workflow` (or any pattern), run in the host of the agent `on` (an AgentHandle). A step
     like an agent in an actor: it takes a run id, and `cancel(run_id)` stops the run where it
     is; unlike an agent, two runs of it go side by side. `timeout` bounds each run (None: no
-    bound of its own, only the caller's deadline, as for a job's root)."""
+    bound of its own, only the caller's deadline, as for a job's root). What runs there is
+    the workflow as it was when this was made: it is pickled once, here."""
 
     runs_one_at_a_time = False  # so a worker pool gives it no queued item (prefetch 0)
     # While a run goes on, its host is pinged this often; one that does not answer within
@@ -84,15 +103,15 @@ class HostedWorkflow:
         self.name = workflow.name
         self.description = workflow.description
         self.timeout = timeout
-        self._pack(current_position())  # refuse now what would fail at every run
-
-    def _pack(self, position: Position) -> bytes:
-        try:
-            packed: bytes = cloudpickle.dumps(  # type: ignore[no-untyped-call]
-                _HostedRun(self.workflow, position))
+        try:  # refused now, what would fail at every run
+            self._packed: bytes = cloudpickle.dumps(workflow)  # type: ignore[no-untyped-call]
         except Exception as exc:
             raise SpecError(f"workflow {self.name!r} cannot be sent to host {self.host!r}: "
                             f"{type(exc).__name__}: {exc}") from None
+
+    def _pack(self, position: Position) -> bytes:
+        packed: bytes = cloudpickle.dumps(  # type: ignore[no-untyped-call]
+            _Packed(self._packed, position))
         return packed
 
     async def run(self, input: str, *, ctx: ToolContext | None = None,

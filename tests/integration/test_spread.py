@@ -84,6 +84,12 @@ def most_at_once(events: list[Event], sender: str) -> int:
     return most
 
 
+def handed(events: list[Event], host: str) -> int:
+    """The slots handed over to `host`'s share by the ones that finished before it."""
+    return sum(to["slots"] for e in events if e.topic == "workflow.spread.handover"
+               for to in e.payload["to"] if to["host"] == host)
+
+
 async def test_each_host_runs_its_share_as_local_messages_with_its_share_of_the_limit(
         runtime: Runtime, job: str, agents: dict[str, AgentHandle]) -> None:
     east, west = agents["e0"].host, agents["w0"].host
@@ -104,10 +110,9 @@ async def test_each_host_runs_its_share_as_local_messages_with_its_share_of_the_
              if e.topic == "workflow.step.finished"}
     assert steps == {"e0": (east, 0), "e1": (east, 1), "e2": (east, 2), "w0": (west, 3),
                      "w1": (west, 4)}
-    # West may be given east's slots once east is done (the handover test below)
-    handed = sum(to["slots"] for e in events if e.topic == "workflow.spread.handover"
-                 for to in e.payload["to"] if to["host"] == west)
-    assert most_at_once(events, east) == 2 and most_at_once(events, west) <= 1 + handed
+    # A share may be given the other's slots once that one is done (see the handover test)
+    assert 2 <= most_at_once(events, east) <= 2 + handed(events, east)
+    assert 1 <= most_at_once(events, west) <= 1 + handed(events, west)
     finished = [e for e in events if e.topic == "workflow.finished"]
     assert [(e.sender, e.payload["status"]) for e in finished] == \
         [(runtime.node.identity, "completed")]  # the Parallel itself: in the driver
