@@ -88,7 +88,8 @@ def test_a_job_completes_when_the_node_holding_its_replicas_is_lost() -> None:
     # After: the pool is whole again, on the surviving node, and said what happened.
     after = replicas(r["after"])
     assert len(after) == REPLICAS and all(a["node"] == head and a["state"] == "ALIVE"
-                                          for a in after), r["after"]
+                                          for a in after), (head, lost, r["before"], r["after"],
+                                                            r["pool_events"])
     assert not [a for a in r["after"] if a["node"] == lost]
     assert r["stats"]["replicas"] == REPLICAS and r["stats"]["failed"] == 0
     topics = [e["topic"] for e in r["pool_events"]]

@@ -12,11 +12,13 @@ in the session's."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sys
 import time
 from typing import Any
 
+import psutil
 import ray
 from ray.cluster_utils import Cluster
 
@@ -67,6 +69,25 @@ def placed(job_id: str) -> list[dict[str, Any]]:
             if (a["Name"] or "").startswith(f"{job_id}/") and a["State"] != "DEAD"]
 
 
+def processes_of(node: Any) -> list[psutil.Process]:
+    """Every process of a node: its own (raylet, log monitor...) and those they started, the
+    workers its actors run in."""
+    own = [psutil.Process(info.process.pid) for infos in node.all_processes.values()
+           for info in infos]
+    return own + [child for p in own for child in p.children(recursive=True)]
+
+
+def kill_node(cluster: Cluster, node: Any) -> None:
+    """Lose `node` as a machine is lost: every process of it at once, SIGKILL. Ray's
+    remove_node kills the node's own processes; its workers would only exit once they notice
+    their raylet gone, and could answer a call or two meanwhile."""
+    processes = processes_of(node)
+    cluster.remove_node(node, allow_graceful=False)
+    for process in processes:
+        with contextlib.suppress(psutil.NoSuchProcess):  # gone with its raylet already
+            process.kill()
+
+
 async def until(check: Any, timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while not check():
@@ -104,7 +125,7 @@ async def main(tmp: str) -> dict[str, Any]:
             await until(lambda: sum(r.model == done for r in server.requests) >= 2
                         or running.done(), 120, "the first steps")
             report["killed_at"] = time.time()
-            cluster.remove_node(lost, allow_graceful=False)  # SIGKILL, every process of it
+            kill_node(cluster, lost)
             result = await asyncio.wait_for(running, 180)
             report["ended_at"] = time.time()
             report["status"], report["reason"] = str(result.status), result.reason
