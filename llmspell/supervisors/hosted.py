@@ -193,12 +193,11 @@ class HostedWorkflow:
                                             {"run_id": run_id, "reason": reason}, timeout=10.0)
         return done
 
-    async def signal(self, run_id: str, name: str, data: Any = None) -> bool:
-        """Tell the run `run_id` in progress there something (llmspell.actors.host.RunSignals):
-        True if it was listening for `name`; False if not, or if it is over."""
-        heard: bool = await self.runtime.ask(self.host, HOSTED_SIGNAL, {
-            "run_id": run_id, "name": name, "data": data}, timeout=10.0)
-        return heard
+    async def signal(self, run_id: str, name: str, data: Any = None) -> None:
+        """Tell the run `run_id` in progress there something (llmspell.actors.host.RunSignals),
+        without waiting: a run that does not listen for `name`, or is over, drops it."""
+        await self.runtime.tell(self.host, HOSTED_SIGNAL,
+                                {"run_id": run_id, "name": name, "data": data})
 
     def __repr__(self) -> str:
         return f"<HostedWorkflow {self.name} on {self.host}>"

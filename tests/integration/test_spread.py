@@ -17,11 +17,11 @@ import ray
 
 from llmspell import Runtime
 from llmspell.actors.agent_actor import AgentHandle, HostSetup, spawn_host
+from llmspell.actors.host import HOSTED_SIGNAL
 from llmspell.agents import AgentSpec, RunStatus
 from llmspell.llm.server import LocalLLMServer
 from llmspell.runtime.events import Event
 from llmspell.runtime.hooks import HookContext, HookPoint, HookRegistry
-from llmspell.supervisors.hosted import HostedWorkflow
 from llmspell.supervisors.merge import MergeRules
 from llmspell.supervisors.workflows import Parallel
 from llmspell.supervisors.workflows.spread import plan_shares
@@ -217,8 +217,9 @@ async def test_a_finished_shares_slots_go_to_a_share_still_running(
         "workflow": "handover", "branch": "handover", "from": [q],
         "to": [{"host": slow, "slots": 1}]}]
     assert most_at_once(events, q) == 1 and most_at_once(events, slow) == 3
-    # A signal to a run that is over, or never was, is not heard.
-    assert not await HostedWorkflow(flow, on=lag["l0"]).signal("no-such-run", "slots", 1)
+    # A signal to a run that is over, or never was, is dropped (an ask says so).
+    assert await runtime.ask(slow, HOSTED_SIGNAL, {"run_id": "no-such-run", "name": "slots",
+                                                   "data": 1}) is False
 
 
 def test_only_a_join_of_all_over_actor_agents_on_several_hosts_spreads(

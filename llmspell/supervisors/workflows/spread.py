@@ -221,21 +221,16 @@ async def _hand_over(parallel: Parallel, finished: list[_Share], running: list[_
         given = [1 if j in most else 0 for j in range(len(wanting))]
     handed = []
     for share, n in zip(wanting, given, strict=True):
-        if n and await _give(share, n):
-            share.concurrency += n
+        if n:
+            share.concurrency += n  # handed on in turn when it finishes, heard or not
             handed.append({"host": share.host, "slots": n})
+            try:  # told, not asked: a host that hangs must not hold the others' results
+                await share.hosted.signal(share.run_id, SLOTS, n)
+            except Exception as exc:  # its host is gone: the share's own result says so
+                log.info("spread share not given slots", host=share.host, error=str(exc))
     if handed:
         ctx.publish("workflow.spread.handover", {
             "workflow": parallel.name, "from": [s.host for s in finished], "to": handed})
-
-
-async def _give(share: _Share, n: int) -> bool:
-    """Whether the share, still running in its host, took `n` more slots."""
-    try:
-        return await share.hosted.signal(share.run_id, SLOTS, n)
-    except Exception as exc:  # its host is gone: the share's own result says so
-        log.info("spread share not given slots", host=share.host, error=str(exc))
-        return False
 
 
 def _lost(share: _Share, outcome: RunResult | BaseException) -> str | None:
