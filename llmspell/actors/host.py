@@ -441,7 +441,8 @@ _HOSTING: ContextVar[HostCore | None] = ContextVar("llmspell_hosting", default=N
 class RunSignals:
     """What a workflow run in a host listens to while it runs (`HostedWorkflow.signal`): one
     handler per name, set by the workflow (`run_signals().on(...)`). A signal nobody listens
-    to, or sent once the run is over, is dropped: the sender learns it from the reply."""
+    to, or sent once the run is over, is dropped (asked rather than told, the reply is whether
+    it was heard)."""
 
     def __init__(self) -> None:
         self._handlers: dict[str, Callable[[Any], None]] = {}

@@ -121,23 +121,25 @@ async def run_pool(count: int, concurrency: int, work: Callable[[int, int], Awai
             finally:
                 held[w] -= 1
 
-    async with asyncio.TaskGroup() as group:
-        def start(w: int) -> None:
-            for _ in range(1 + (prefetch(w) if prefetch is not None else 0)):
-                group.create_task(lane(w))
+    try:
+        async with asyncio.TaskGroup() as group:
+            def start(w: int) -> None:
+                for _ in range(1 + (prefetch(w) if prefetch is not None else 0)):
+                    group.create_task(lane(w))
 
-        def more(n: int) -> None:
-            nonlocal workers
-            for _ in range(min(n, count - taken)):  # a worker more than the items left idles
-                if token.cancelled:
-                    return
-                held.append(0)
-                workers += 1
-                start(workers - 1)
+            def more(n: int) -> None:
+                nonlocal workers
+                for _ in range(min(n, count - taken)):  # a worker more than the items left idles
+                    if token.cancelled:
+                        return
+                    held.append(0)
+                    workers += 1
+                    start(workers - 1)
 
-        for w in range(workers):
-            start(w)
+            for w in range(workers):
+                start(w)
+            if slots is not None:
+                slots._start = more
+    finally:  # ended, or a worker raised: slots given from now on go nowhere
         if slots is not None:
-            slots._start = more
-    if slots is not None:
-        slots._start = None
+            slots._start = None
