@@ -398,7 +398,8 @@ async def test_metrics_and_usage_per_model_tool_and_agent() -> None:
         assert totals[book][key]["calls"] == 2
     updates = w.payloads("usage.updated")
     assert len(updates) == 2
-    assert updates[-1]["job_totals"]["total_tokens"] == result.usage.total_tokens
+    assert sum(u["usage"]["input_tokens"] + u["usage"]["output_tokens"] for u in updates) == \
+        result.usage.total_tokens
 
 
 async def test_metrics_count_errors_and_refusals() -> None:

@@ -7,8 +7,10 @@
 
 It reads what the model layer measured: each after_llm_call Response carries its usage and
 its cost (priced by the client's PriceTable; None when the model has no price). Every call
-is also a `usage.updated` event carrying the job's running totals, so a progress view can
-show the bill as it grows. A cache hit spent nothing and is counted apart.
+is also a `usage.updated` event carrying what that call spent: a job's bill is the sum of its
+events, which a progress view adds up as they come. (The events carry no running totals: a
+job's agents may live in several hosts, each with a hook of its own that sees only its calls.)
+A cache hit spent nothing and is counted apart.
 """
 
 from __future__ import annotations
@@ -98,8 +100,7 @@ class UsageHook:
             report(self._registry, "usage.updated", {
                 "job_id": job, "agent": agent, "model": model,
                 "cached": bool(ctx.metadata.get(CACHE_HIT)),
-                "usage": response.usage.model_dump(), "cost_usd": response.cost_usd,
-                "job_totals": books[0].as_dict()})
+                "usage": response.usage.model_dump(), "cost_usd": response.cost_usd})
 
     def snapshot(self) -> dict[str, Any]:
         """{"jobs": {...}, "agents": {...}, "models": {...}}, each name -> totals."""
