@@ -23,6 +23,7 @@ from llmspell.runtime.events import Event
 from llmspell.runtime.hooks import HookRegistry
 from llmspell.runtime.messages import Envelope, new_id
 from llmspell.runtime.runtime import ActorRef, Runtime
+from llmspell.runtime.supervised import ask_supervised
 from llmspell.tools.agent_tool import AgentTool
 from llmspell.tools.base import Tool
 from llmspell.tools.context import ToolContext
@@ -146,11 +147,16 @@ class AgentActor(AgentHost):
 class AgentHandle:
     """A driver's handle on one agent, wherever it is hosted."""
 
-    def __init__(self, runtime: Runtime, host: str, name: str, description: str = "") -> None:
+    def __init__(self, runtime: Runtime, host: str, name: str, description: str = "", *,
+                 restart_wait_s: float | None = None) -> None:
         self.runtime = runtime
         self.host = host
         self.name = name
         self.description = description
+        # Set when a supervisor restarts the host and work in flight there may run again (a
+        # job's hosts, unless its spec says otherwise): a run whose host dies under it is sent
+        # again once the host is back, within this many seconds. None: it fails with the cause.
+        self.restart_wait_s = restart_wait_s
 
     @property
     def ref(self) -> ActorRef:
@@ -175,7 +181,13 @@ class AgentHandle:
             timeout = _sooner(timeout, ctx.remaining())
         if delegation is not None:
             payload["delegation"] = delegation.model_dump(mode="json")
-        reply = await self.runtime.ask(self.host, "agent.run", payload, timeout=timeout)
+        if self.restart_wait_s is None:
+            reply = await self.runtime.ask(self.host, "agent.run", payload, timeout=timeout)
+        else:  # the agent comes back from its snapshot; its run starts over
+            reply = await ask_supervised(
+                self.runtime.node, self.host, "agent.run", payload, idempotent=True,
+                timeout=self.runtime.settings.ask_timeout_s if timeout is None else timeout,
+                restart_wait=self.restart_wait_s, job_id=self.host.split("/", 1)[0])
         if delegation is not None:
             return DelegationResult.model_validate(reply)
         return RunResult.model_validate(reply)

@@ -55,6 +55,9 @@ from .spec import JobSpec, JobSpecError
 __all__ = ["SPLITTERS", "Assembly", "even_parts", "hook_specs", "plan_hosts"]
 
 SUPERVISOR = "supervisor"
+# How long work in flight on a host that died waits for the supervisor's replacement (a restart
+# takes well under 2 s here; past this, the supervisor has given up or the cluster is short).
+RESTART_WAIT_S = 30.0
 
 
 def plan_hosts(spec: JobSpec) -> dict[str, list[AgentSpec]]:
@@ -262,10 +265,12 @@ class Assembly:
                               children=[s.spec for s in starts])
         self.supervisor = self.runtime.spawn(SupervisorActor, SUPERVISOR, spec, starts,
                                              job_id=self.job_id, concurrency=64).address
+        wait = RESTART_WAIT_S if sup.retry_in_flight and sup.max_restarts else None
         for agents in plan.values():
             for agent in agents:
                 self.handles[agent.name] = AgentHandle(self.runtime, where[agent.name],
-                                                       agent.name, agent.description)
+                                                       agent.name, agent.description,
+                                                       restart_wait_s=wait)
         if self.spec.remote_agents:
             from llmspell.protocols.a2a_client import A2AAgent
 

@@ -166,6 +166,11 @@ class SupervisionSpec(_Strict):
     # A spare process per host, set up ahead: a crashed host is replaced without a process
     # start (see ChildSpec.standby); costs one idle process per host and its resources.
     standby: bool = False
+    # Work in flight on a host that dies is taken up again once the supervisor has restarted
+    # it: the pattern resumes from its checkpoints (its completed steps are not run again) and
+    # an agent's run starts over, its tool calls with it. False: that work fails, and the job
+    # with it (`llmspell jobs resume` finishes it), for agents whose tools must not run twice.
+    retry_in_flight: bool = True
 
 
 class StateSpec(_Strict):

@@ -33,9 +33,10 @@ from ray.exceptions import RayActorError
 
 from llmspell.actors.base import ActorBase
 from llmspell.runtime.aliases import clear_alias, set_alias
-from llmspell.runtime.errors import ActorError, ActorNotFound, ActorUnavailable, LlmspellError
+from llmspell.runtime.errors import ActorError, ActorNotFound, LlmspellError
 from llmspell.runtime.messages import Envelope
 from llmspell.runtime.spawning import spawn_actor
+from llmspell.runtime.supervised import ChildLost, PoisonMessage, ask_supervised, until_back
 from llmspell.supervisors.supervisor import (
     ChildSpec,
     Decision,
@@ -43,7 +44,8 @@ from llmspell.supervisors.supervisor import (
     SupervisorSpec,
 )
 
-__all__ = ["ChildLost", "ChildStart", "PoisonMessage", "SupervisorActor", "ask_supervised"]
+__all__ = ["ChildLost", "ChildStart", "PoisonMessage", "SupervisorActor", "ask_supervised",
+           "until_back"]
 
 
 class ChildStart:
@@ -376,81 +378,3 @@ class SupervisorActor(ActorBase):
                                  "restarts": self.core.restart_counts[n],
                                  "standby": n in self._spares}
                              for n in self.core.order}}
-
-
-class ChildLost(ActorError):
-    """A supervised child died with this ask in flight, and the ask was not safe to resend."""
-
-
-class PoisonMessage(ChildLost):
-    """The ask crashed its child every time it was delivered: it is not sent again (it would
-    only burn the supervisor's restart budget); it is a dead letter."""
-
-
-async def ask_supervised(node: Any, address: str, type: str, payload: Any = None, *,
-                         idempotent: bool, timeout: float = 60.0,
-                         restart_wait: float = 30.0, max_deliveries: int = 2,
-                         job_id: str | None = None) -> Any:
-    """Ask a supervised child, riding out its restart: an idempotent ask is sent again once the
-    child is back (restored from its snapshot); any other fails with ChildLost, because it may
-    have run before the death and must not run twice. An ask whose child died under it
-    `max_deliveries` times (a new process each time) is a poison message: PoisonMessage.
-    An address not found (between a death and the replacement) is waited for, up to
-    `timeout + restart_wait` in all, then ActorNotFound. Every ask given up on is recorded as
-    a dead letter."""
-    deadline = time.monotonic() + timeout + restart_wait
-    deaths, last_pid = 0, None
-    while True:
-        try:
-            return await node.ask(address, type, payload, job_id=job_id, dead_letter=False,
-                                  timeout=max(0.1, min(timeout, deadline - time.monotonic())))
-        except ActorNotFound as exc:
-            # Not delivered: the supervisor is between stopping the child and starting its
-            # replacement under the same name. Safe to send once it is back, idempotent or not.
-            try:
-                last_pid = await _back(node, address, deadline)
-            except ActorUnavailable:
-                node.dead_letter(address, type, str(exc), job_id=job_id)
-                raise exc from None
-        except ActorUnavailable as exc:
-            if not idempotent:
-                error: ChildLost = ChildLost(
-                    f"{address!r} died while handling {type!r}; not resent because the ask "
-                    f"is not idempotent ({exc.cause})", address=address)
-                node.dead_letter(address, type, str(error), job_id=job_id)
-                raise error from None
-            try:
-                pid = await _back(node, address, deadline)
-            except ActorUnavailable:
-                node.dead_letter(address, type, str(exc), job_id=job_id)
-                raise exc from None
-            # A failure the child came back from in a new process is a death under this ask;
-            # one answered by the same process (a blip of the connection) is not.
-            deaths += 1 if pid != last_pid else 0
-            last_pid = pid
-            if deaths >= max_deliveries:
-                error = PoisonMessage(
-                    f"{type!r} to {address!r} crashed it {deaths} times; not resent (a poison "
-                    f"message) ({exc.cause})", address=address)
-                node.dead_letter(address, type, str(error), job_id=job_id, poison=True)
-                raise error from None
-
-
-async def _back(node: Any, address: str, deadline: float) -> int:
-    """The pid of the child once it answers again: a replacement its supervisor started under
-    the same name (a dead actor's handle is dropped, so the name is looked up again), or the
-    same actor restarted by Ray. A restart takes a fraction of a second: poll often, so the
-    first answer after it is not held back by a long backoff step."""
-    delay = 0.02
-    while True:
-        try:
-            async with asyncio.timeout(max(0.1, deadline - time.monotonic())):
-                info = await node.handle(address).ping.remote()
-            return int(info["pid"])
-        except (RayActorError, TimeoutError, ActorNotFound) as exc:
-            if isinstance(exc, RayActorError):
-                node.unavailable(address, exc)  # a dead handle is dropped: look the name up
-            if time.monotonic() + delay > deadline:
-                raise node.unavailable(address, exc) from None
-            await asyncio.sleep(delay)
-            delay = min(delay * 1.5, 0.1)

@@ -79,6 +79,9 @@ class Position:
 
     resume: bool = False
     path: tuple[str, ...] = ()
+    # Records written before this (a unix time) are not reused: a fresh run resumed after its
+    # host died (llmspell.supervisors.hosted) takes back its own steps, not an earlier run's.
+    since: float = 0.0
 
 
 _TOP = Position()  # frozen: sharing it as the default is safe
@@ -92,7 +95,7 @@ def current_position() -> Position:
 @contextlib.contextmanager
 def resuming(resume: bool = True) -> Iterator[None]:
     """Runs started inside reuse (or, with False, ignore) checkpointed steps."""
-    with at_position(Position(resume, current_position().path)):
+    with at_position(replace(current_position(), resume=resume)):
         yield
 
 
@@ -112,7 +115,7 @@ def step_position(step_id: str) -> Iterator[None]:
     """What a workflow sets while one of its steps runs, so nested workflows key their
     records under this step."""
     here = current_position()
-    with at_position(Position(here.resume, (*here.path, step_id))):
+    with at_position(replace(here, path=(*here.path, step_id))):
         yield
 
 
@@ -201,12 +204,13 @@ class Checkpoint:
     linger_s = 0.2
 
     def __init__(self, state: StateAccess | None, scope: str, *, workflow: str, kind: str,
-                 resume: bool, publish: Publish) -> None:
+                 resume: bool, publish: Publish, since: float = 0.0) -> None:
         self.state = state
         self.scope = scope
         self.workflow = workflow
         self.kind = kind
         self.resume = resume
+        self.since = since
         self.publish = publish
         self.stored: dict[str, StoredStep] = {}
         self.written = 0  # records
@@ -222,7 +226,7 @@ class Checkpoint:
         position = current_position()
         scope = KEY_PREFIX + branch + ("@" + "|".join(position.path) if position.path else "")
         cp = cls(state if enabled else None, scope, workflow=workflow, kind=kind,
-                 resume=position.resume, publish=publish)
+                 resume=position.resume, publish=publish, since=position.since)
         if cp.state is not None and cp.resume:
             await cp._load()
         return cp
@@ -245,6 +249,8 @@ class Checkpoint:
                 unreadable += 1
                 continue
             for stored in records:
+                if stored.at < self.since:
+                    continue
                 known = self.stored.get(stored.step)
                 if known is None or stored.at >= known.at:  # the latest run's record wins
                     self.stored[stored.step] = stored

@@ -27,8 +27,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
+import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import structlog
@@ -40,6 +41,7 @@ from llmspell.agents.result import RunResult
 from llmspell.agents.spec import SpecError
 from llmspell.runtime.errors import ActorUnavailable, AskTimeout
 from llmspell.runtime.messages import new_id
+from llmspell.runtime.supervised import until_back
 from llmspell.supervisors.base import Pattern
 from llmspell.supervisors.checkpoint import Position, at_position, current_position, resuming
 from llmspell.tools.context import ToolContext
@@ -80,6 +82,10 @@ def _unpack(workflow: bytes, position: Position) -> _HostedRun:
     return _HostedRun(cloudpickle.loads(workflow), position)
 
 
+class _Hung(ActorUnavailable):
+    """The host stopped answering pings: its process may still be running the steps."""
+
+
 class HostedWorkflow:
     """`workflow` (or any pattern), run in the host of the agent `on` (an AgentHandle). A step
     like an agent in an actor: it takes a run id, and `cancel(run_id)` stops the run where it
@@ -94,6 +100,9 @@ class HostedWorkflow:
     # a job's whole run without a bound, would otherwise wait on a stuck host forever.
     ping_every_s = 5.0
     ping_timeout_s: float | None = None
+    # A host that dies under a run this many times is not waited for again: the run fails (a
+    # workflow that crashes its host would otherwise use up its supervisor's restarts).
+    max_resumes = 2
 
     def __init__(self, workflow: Pattern, *, on: AgentHandle, timeout: float | None = 600.0
                  ) -> None:
@@ -103,6 +112,10 @@ class HostedWorkflow:
         self.name = workflow.name
         self.description = workflow.description
         self.timeout = timeout
+        # From the handle: set when the host's supervisor restarts it and work in flight there
+        # may run again (AgentHandle.restart_wait_s); None, a death fails the run.
+        self.restart_wait_s = on.restart_wait_s
+        self._attempts: dict[str, str] = {}  # a caller's run id -> its attempt's, there
         try:  # refused now, what would fail at every run
             self._packed: bytes = cloudpickle.dumps(workflow)  # type: ignore[no-untyped-call]
         except Exception as exc:
@@ -119,10 +132,75 @@ class HostedWorkflow:
                   timeout: float | None = None, resume: bool | None = None) -> RunResult:
         """Run it there. `resume` as for Workflow.run; a cancel of `ctx` reaches the run in
         the host (it returns cancelled); the cancellation of this call, or its timeout (an
-        AskTimeout, after `timeout` or the caller's deadline), cancels it there too."""
+        AskTimeout, after `timeout` or the caller's deadline), cancels it there too. When the
+        host dies under it and its supervisor brings it back (see `restart_wait_s`), the run
+        resumes there from its checkpoints: its completed steps are not run again."""
         with resuming(resume) if resume is not None else contextlib.nullcontext():
             position = current_position()
         run_id = run_id or new_id()
+        self._attempts[run_id] = run_id
+        # A resumed attempt takes back the steps this run did, not an earlier run's; a second
+        # back, as a clock elsewhere may run a little behind this one
+        since = position.since if position.resume else time.time() - 1.0
+        lost = 0
+        try:
+            while True:
+                try:
+                    return await self._attempt(input, ctx, inputs, self._attempts[run_id],
+                                               position, timeout)
+                except ActorUnavailable as exc:
+                    if not self._resumable(exc, ctx):
+                        raise
+                    if lost == self.max_resumes:
+                        raise ActorUnavailable(self.host, (
+                            f"{exc.cause}; it died {lost + 1} times under this run: not "
+                            "resumed again")) from None
+                    lost += 1
+                    await self._until_back(exc, lost, ctx)
+                position = replace(position, resume=True, since=since)
+                self._attempts[run_id] = f"{run_id}.{lost}"
+        finally:
+            del self._attempts[run_id]
+
+    def _resumable(self, exc: ActorUnavailable, ctx: ToolContext | None) -> bool:
+        """A death (not a hang: that process may still be running the steps) under a host its
+        supervisor restarts, while the caller still waits."""
+        return (self.restart_wait_s is not None and not isinstance(exc, _Hung)
+                and not (ctx is not None and ctx.cancel.cancelled))
+
+    async def _until_back(self, exc: ActorUnavailable, attempt: int, ctx: ToolContext | None
+                          ) -> None:
+        """Wait for the host's replacement; the death's ActorUnavailable if none answers in
+        `restart_wait_s` (or before the caller's deadline or cancel)."""
+        assert self.restart_wait_s is not None
+        publish = ctx.publish if ctx is not None else (lambda _t, _p: None)
+        wait = self.restart_wait_s
+        if ctx is not None and ctx.remaining() is not None:
+            wait = min(wait, max(0.0, ctx.remaining() or 0.0))
+        about = {"workflow": self.name, "host": self.host, "attempt": attempt}
+        publish("workflow.hosted.lost", {**about, "cause": exc.cause})
+        log.warning("hosted workflow lost its host", **about, cause=exc.cause)
+        started = time.monotonic()
+        back = asyncio.ensure_future(until_back(self.runtime.node, self.host, started + wait))
+        stop = asyncio.ensure_future(ctx.cancel.wait()) if ctx is not None else None
+        try:
+            await asyncio.wait({back, *([stop] if stop else [])},
+                               return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (back, stop):
+                if task is not None and not task.done():
+                    task.cancel()
+                    await asyncio.gather(task, return_exceptions=True)
+        if not back.done() or back.cancelled() or back.exception() is not None:
+            why = (ctx.cancel.reason if ctx is not None and ctx.cancel.cancelled
+                   else f"not back within {wait:g}s")
+            raise ActorUnavailable(self.host, f"{exc.cause}; {why}") from None
+        publish("workflow.hosted.resumed", {**about, "pid": back.result(),
+                                            "after_s": round(time.monotonic() - started, 3)})
+
+    async def _attempt(self, input: str, ctx: ToolContext | None,
+                       inputs: dict[str, Any] | None, run_id: str, position: Position,
+                       timeout: float | None) -> RunResult:
         payload: dict[str, Any] = {"runnable": self._pack(position), "input": input,
                                    "inputs": inputs, "run_id": run_id}
         limit = timeout if timeout is not None else self.timeout
@@ -172,7 +250,7 @@ class HostedWorkflow:
             with contextlib.suppress(Exception):
                 await self.runtime.tell(self.host, "agent.cancel",
                                         {"run_id": run_id, "reason": reason})
-            raise ActorUnavailable(self.host, reason) from None
+            raise _Hung(self.host, reason) from None
 
     async def _until_done_or_cancelled(self, ask: asyncio.Future[Any], ctx: ToolContext,
                                        run_id: str) -> None:
@@ -189,15 +267,15 @@ class HostedWorkflow:
             await self.cancel(run_id, reason)
 
     async def cancel(self, run_id: str, reason: str = "") -> bool:
-        done: bool = await self.runtime.ask(self.host, "agent.cancel",
-                                            {"run_id": run_id, "reason": reason}, timeout=10.0)
+        done: bool = await self.runtime.ask(self.host, "agent.cancel", {
+            "run_id": self._attempts.get(run_id, run_id), "reason": reason}, timeout=10.0)
         return done
 
     async def signal(self, run_id: str, name: str, data: Any = None) -> None:
         """Tell the run `run_id` in progress there something (llmspell.actors.host.RunSignals),
         without waiting: a run that does not listen for `name`, or is over, drops it."""
-        await self.runtime.tell(self.host, HOSTED_SIGNAL,
-                                {"run_id": run_id, "name": name, "data": data})
+        await self.runtime.tell(self.host, HOSTED_SIGNAL, {
+            "run_id": self._attempts.get(run_id, run_id), "name": name, "data": data})
 
     def __repr__(self) -> str:
         return f"<HostedWorkflow {self.name} on {self.host}>"

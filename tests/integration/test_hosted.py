@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import ray
 
 from llmspell import Runtime
 from llmspell.actors.agent_actor import AgentHandle, HostSetup, spawn_host
@@ -241,6 +242,7 @@ async def test_a_host_that_stops_answering_pings_fails_the_run_as_unavailable(
         [AgentSpec(name="stuck", model="openai:m", stream=False, tools=["freeze"])],
         tools=[freeze], providers={"openai": {"base_url": server.openai_base_url,
                                               "api_key": "sk-test"}}), job_id=job)
+    agent.restart_wait_s = 30.0  # a hung host is not waited for: it may still be at work
     try:
         hosted = HostedWorkflow(Sequential("hfrozen", [agent]), on=agent, timeout=None)
         hosted.ping_every_s, hosted.ping_timeout_s = 0.2, 1.0
@@ -248,6 +250,59 @@ async def test_a_host_that_stops_answering_pings_fails_the_run_as_unavailable(
         with pytest.raises(ActorUnavailable, match=r"hung: no answer to a ping within 1s"):
             await hosted.run("FREEZE", ctx=driver_ctx(runtime, job))
         assert time.monotonic() - started < FROZEN_S / 2  # not when the tool returns
+    finally:
+        runtime.kill_job(job)
+
+
+def lone(runtime: Runtime, server: LocalLLMServer, name: str, *, restart_wait_s: float,
+         max_restarts: int = 0) -> tuple[str, AgentHandle]:
+    """A job of its own with one agent in one host, its handle waiting `restart_wait_s` for
+    the host to come back after a death (Ray restarts it in place up to `max_restarts`)."""
+    job = f"hosted-{name}-{new_id()[-8:]}"
+    [agent] = spawn_host(runtime, name, HostSetup(
+        [AgentSpec(name="solo", model="openai:m", stream=False)],
+        providers={"openai": {"base_url": server.openai_base_url, "api_key": "sk-test"}}),
+        job_id=job, max_restarts=max_restarts)
+    return job, AgentHandle(runtime, agent.host, agent.name, restart_wait_s=restart_wait_s)
+
+
+def calls(server: LocalLLMServer, text: str) -> int:
+    return sum(text in json.dumps(r.body) for r in server.requests)
+
+
+async def test_a_hosted_run_whose_host_is_not_back_in_time_fails_naming_the_wait(
+        runtime: Runtime, server: LocalLLMServer) -> None:
+    job, agent = lone(runtime, server, "gone", restart_wait_s=1.0)
+    try:
+        run = asyncio.ensure_future(HostedWorkflow(Sequential("hgone", [agent]), on=agent).run(
+            "SLOW gone", ctx=driver_ctx(runtime, job)))
+        await until(lambda: calls(server, "SLOW gone") == 1, 30, "the step's model call")
+        ray.kill(runtime.node.handle(agent.host), no_restart=True)
+        with pytest.raises(ActorUnavailable, match=r"ActorDiedError.*; not back within 1s"):
+            await asyncio.wait_for(run, 30)
+        lost = [e.payload for e in await runtime.replay(job, pattern="workflow.hosted.*")]
+        assert [(p["host"], p["attempt"]) for p in lost] == [(agent.host, 1)]
+    finally:
+        runtime.kill_job(job)
+
+
+async def test_a_hosted_run_that_keeps_killing_its_host_is_given_up_after_three_deaths(
+        runtime: Runtime, server: LocalLLMServer) -> None:
+    job, agent = lone(runtime, server, "poison", restart_wait_s=30.0, max_restarts=5)
+    try:
+        run = asyncio.ensure_future(HostedWorkflow(Sequential("hpoison", [agent]), on=agent).run(
+            "SLOW poison", ctx=driver_ctx(runtime, job)))
+        for death in range(1, 4):  # each attempt's model call, then a crash under it
+            await until(lambda n=death: calls(server, "SLOW poison") == n or run.done(), 60,
+                        f"attempt {death}'s model call")
+            assert not run.done(), run.exception()
+            ray.kill(runtime.node.handle(agent.host), no_restart=False)
+        with pytest.raises(ActorUnavailable, match="died 3 times under this run: not resumed"):
+            await asyncio.wait_for(run, 60)
+        events = await runtime.replay(job, pattern="workflow.hosted.*")
+        assert [(e.topic, e.payload["attempt"]) for e in events] == [
+            ("workflow.hosted.lost", 1), ("workflow.hosted.resumed", 1),
+            ("workflow.hosted.lost", 2), ("workflow.hosted.resumed", 2)]
     finally:
         runtime.kill_job(job)
 

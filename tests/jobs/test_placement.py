@@ -82,25 +82,81 @@ async def test_a_pattern_that_cannot_travel_or_is_told_to_stay_runs_in_the_drive
     assert _senders(events) == {runtime.node.identity} and _runs_in(events) == {"driver"}
 
 
-async def test_a_host_dying_under_a_hosted_root_fails_the_job_and_resume_finishes_it(
-        runtime: Runtime, job_id: str, server: LocalLLMServer) -> None:
-    spec = JobSpec.from_data(two_steps(server, input="SLOW {{ topic }}"))
-    drafted = sum(r.model == "drafter" for r in server.requests)
+async def _kill_host_mid_edit(runtime: Runtime, job_id: str, server: LocalLLMServer,
+                              host: str = HOST, **extra: Any) -> tuple[Any, list[Any]]:
+    """Run the job and kill `host` while the editor's call (3 s) runs: the drafter's step is
+    done and checkpointed by then. The job's result and its events."""
+    spec = JobSpec.from_data(two_steps(server, input="SLOW {{ topic }}", **extra))
     seen = len(server.requests)
     job = JobRun(spec, runtime, job_id=job_id, inputs={"topic": "Ray"})
     try:
         await job.start()
         running = asyncio.ensure_future(job.execute())
-        # the editor's call (3 s) has started: the drafter's step is done and checkpointed
         await until(lambda: any(r.model == "editor" and "SLOW" in str(r.body)
                                 for r in server.requests[seen:]), 30, "the editor's call")
-        ray.kill(ray.get_actor(f"{job_id}/{HOST}", namespace=runtime.settings.namespace),
+        ray.kill(ray.get_actor(f"{job_id}/{host}", namespace=runtime.settings.namespace),
                  no_restart=False)
-        result = await asyncio.wait_for(running, 30)
+        result = await asyncio.wait_for(running, 60)
+        await job.flush()
+        events = await runtime.replay(job_id)
     finally:
         await job.close()
+    return result, events
+
+
+async def test_a_host_dying_under_a_hosted_root_is_restarted_and_the_run_resumes_there(
+        runtime: Runtime, job_id: str, server: LocalLLMServer) -> None:
+    seen = len(server.requests)
+    result, events = await _kill_host_mid_edit(runtime, job_id, server)
+    assert result.status == JobStatus.completed and result.output == "late", result.reason
+    models = [r.model for r in server.requests[seen:]]
+    assert models.count("drafter") == 1  # restored from its checkpoint, not run again
+    assert models.count("editor") == 2  # the call in flight when the host died, then again
+    host = f"{job_id}/{HOST}"
+    lost = [e.payload for e in events if e.topic == "workflow.hosted.lost"]
+    resumed = [e.payload for e in events if e.topic == "workflow.hosted.resumed"]
+    assert [(p["host"], p["attempt"]) for p in lost] == [(host, 1)]
+    assert "ActorDiedError" in lost[0]["cause"]
+    assert [(p["host"], p["attempt"]) for p in resumed] == [(host, 1)]
+    restarted = [e.payload["child"] for e in events if e.topic == "supervisor.restarted"]
+    assert restarted == ["host-0"], restarted
+    after = [(e.topic, e.payload["step"]) for e in events if e.seq > lost_seq(events)
+             and e.topic in ("workflow.step.skipped", "workflow.step.finished")]
+    assert after == [("workflow.step.skipped", "drafter"), ("workflow.step.finished", "editor")]
+
+
+@pytest.mark.parametrize("run_pattern", ["auto", "driver"])
+async def test_a_host_dying_under_a_parallel_branch_is_restarted_and_the_branch_run_again(
+        runtime: Runtime, job_id: str, server: LocalLLMServer, run_pattern: str) -> None:
+    """One agent a host: spread, the editor's share resumes in its restarted host; run from
+    the driver, the editor's run is sent again once its host is back."""
+    seen = len(server.requests)
+    result, events = await _kill_host_mid_edit(
+        runtime, job_id, server, "supervisor.host-1",
+        hosts={"agents_per_host": 1, "run_pattern": run_pattern},
+        pattern={"kind": "parallel", "branches": ["drafter", "editor"]})
+    assert result.status == JobStatus.completed, result.reason
+    assert result.output == {"drafter": "SLOW draft", "editor": "late"}
+    models = [r.model for r in server.requests[seen:]]
+    assert (models.count("drafter"), models.count("editor")) == (1, 2)
+    lost = [e.payload["host"] for e in events if e.topic == "workflow.hosted.lost"]
+    assert lost == ([f"{job_id}/supervisor.host-1"] if run_pattern == "auto" else [])
+    assert [e.payload["child"] for e in events if e.topic == "supervisor.restarted"] == \
+        ["host-1"]
+
+
+def lost_seq(events: list[Any]) -> int:
+    return next(e.seq for e in events if e.topic == "workflow.hosted.lost")
+
+
+async def test_a_host_dying_under_a_hosted_root_fails_the_job_when_told_and_resume_finishes_it(
+        runtime: Runtime, job_id: str, server: LocalLLMServer) -> None:
+    drafted = sum(r.model == "drafter" for r in server.requests)
+    result, events = await _kill_host_mid_edit(runtime, job_id, server,
+                                               supervision={"retry_in_flight": False})
     assert result.status == JobStatus.failed
     assert f"{job_id}/{HOST}" in result.reason and "resum" in result.reason
+    assert not [e for e in events if e.topic.startswith("workflow.hosted.")]
 
     again = await resume(job_id, runtime=runtime)
     assert again.status == JobStatus.completed, again.reason
