@@ -17,6 +17,8 @@ from llmspell.supervisors.base import Bind
 from llmspell.supervisors.checkpoint import (
     KEY_PREFIX,
     SCHEMA_VERSION,
+    Position,
+    at_position,
     clear,
     input_sha,
     parse_record,
@@ -559,6 +561,23 @@ async def test_a_resumed_sequential_does_not_redo_completed_steps(tmp_path: Path
                    for k, v in batches.items())
         recorded = [r.step for v in batches.values() for r in parse_record(v.value) or []]
         assert sorted(recorded) == ["0.a", "1.b", "2.c", "3.d"]  # each once
+
+
+async def test_a_resume_since_a_time_takes_back_only_the_records_written_since(
+        tmp_path: Path) -> None:
+    """What a hosted run resumed after its host died does: its own steps, not an earlier
+    run's of the same workflow."""
+    flaky = Flaky()
+    seq = Sequential("since", [flaky.step("a"), flaky.step("b", fail_once=True)])
+    async with sqlite_state(tmp_path) as state:
+        w = World()
+        await seq.run("x", ctx=ctx_for(w, state=state))  # a done, b failed: an earlier run
+        with at_position(Position(resume=True, since=time.time() + 1.0)):
+            again = await seq.run("x", ctx=ctx_for(w, state=state))
+        assert again.ok and flaky.calls.calls == {"a": 2, "b": 2}  # a's record was too old
+        with at_position(Position(resume=True, since=time.time() - 60.0)):
+            last = await seq.run("x", ctx=ctx_for(w, state=state))
+        assert last.ok and flaky.calls.calls == {"a": 2, "b": 2}  # both taken back
 
 
 async def test_resume_skips_loop_iterations_map_items_and_pipeline_stages(tmp_path: Path) -> None:
