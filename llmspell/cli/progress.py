@@ -83,6 +83,10 @@ class JobView:
             self.current = f"{topic.split('.')[0]} {p.get('name', '')}"
         elif topic == "supervisor.restarted":
             self.restarts += 1
+        elif topic == "workflow.hosted.lost":
+            self.current = f"{p.get('workflow')}: its host died, waiting for the restart"
+        elif topic == "workflow.hosted.resumed":
+            self.current = f"{p.get('workflow')}: resumed in the restarted host"
         elif topic.startswith("job."):
             self.status = topic.split(".", 1)[1]
 
@@ -105,8 +109,8 @@ class JobView:
 
     def render(self) -> Group:
         tree = Tree(Text(f"job {self.job_id}  [{self.status}]", style="bold"))
-        sup = tree.add("supervisor" + (f"  ({self.restarts} restarts)" if self.restarts
-                                        else ""))
+        n = self.restarts
+        sup = tree.add("supervisor" + (f"  ({n} restart{'s' if n != 1 else ''})" if n else ""))
         for host, names in self.hosts.items():
             branch = sup.add(Text(host, style="cyan"))
             for name in names:
