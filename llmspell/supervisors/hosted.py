@@ -173,30 +173,26 @@ class HostedWorkflow:
         """Wait for the host's replacement; the death's ActorUnavailable if none answers in
         `restart_wait_s` (or before the caller's deadline or cancel)."""
         assert self.restart_wait_s is not None
-        publish = ctx.publish if ctx is not None else (lambda _t, _p: None)
-        wait = self.restart_wait_s
-        if ctx is not None and ctx.remaining() is not None:
-            wait = min(wait, max(0.0, ctx.remaining() or 0.0))
+        ctx = ctx or ToolContext()  # no caller's context: no events, no cancel, no deadline
+        remaining = ctx.remaining()
+        wait = self.restart_wait_s if remaining is None else min(self.restart_wait_s, remaining)
         about = {"workflow": self.name, "host": self.host, "attempt": attempt}
-        publish("workflow.hosted.lost", {**about, "cause": exc.cause})
+        ctx.publish("workflow.hosted.lost", {**about, "cause": exc.cause})
         log.warning("hosted workflow lost its host", **about, cause=exc.cause)
         started = time.monotonic()
         back = asyncio.ensure_future(until_back(self.runtime.node, self.host, started + wait))
-        stop = asyncio.ensure_future(ctx.cancel.wait()) if ctx is not None else None
+        stop = asyncio.ensure_future(ctx.cancel.wait())
         try:
-            await asyncio.wait({back, *([stop] if stop else [])},
-                               return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait({back, stop}, return_when=asyncio.FIRST_COMPLETED)
         finally:
             for task in (back, stop):
-                if task is not None and not task.done():
-                    task.cancel()
-                    await asyncio.gather(task, return_exceptions=True)
-        if not back.done() or back.cancelled() or back.exception() is not None:
-            why = (ctx.cancel.reason if ctx is not None and ctx.cancel.cancelled
-                   else f"not back within {wait:g}s")
+                task.cancel()
+            await asyncio.gather(back, stop, return_exceptions=True)
+        if back.cancelled() or back.exception() is not None:
+            why = ctx.cancel.reason if ctx.cancel.cancelled else f"not back within {wait:g}s"
             raise ActorUnavailable(self.host, f"{exc.cause}; {why}") from None
-        publish("workflow.hosted.resumed", {**about, "pid": back.result(),
-                                            "after_s": round(time.monotonic() - started, 3)})
+        ctx.publish("workflow.hosted.resumed", {
+            **about, "pid": back.result(), "after_s": round(time.monotonic() - started, 3)})
 
     async def _attempt(self, input: str, ctx: ToolContext | None,
                        inputs: dict[str, Any] | None, run_id: str, position: Position,
