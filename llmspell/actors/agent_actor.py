@@ -148,7 +148,7 @@ class AgentHandle:
     """A driver's handle on one agent, wherever it is hosted."""
 
     def __init__(self, runtime: Runtime, host: str, name: str, description: str = "", *,
-                 restart_wait_s: float | None = None) -> None:
+                 restart_wait_s: float | None = None, supervisor: str | None = None) -> None:
         self.runtime = runtime
         self.host = host
         self.name = name
@@ -157,6 +157,7 @@ class AgentHandle:
         # job's hosts, unless its spec says otherwise): a run whose host dies under it is sent
         # again once the host is back, within this many seconds. None: it fails with the cause.
         self.restart_wait_s = restart_wait_s
+        self.supervisor = supervisor  # the host's, if known: a wait ends when it gives up
 
     @property
     def ref(self) -> ActorRef:

@@ -268,9 +268,9 @@ class Assembly:
         wait = RESTART_WAIT_S if sup.retry_in_flight and sup.max_restarts else None
         for agents in plan.values():
             for agent in agents:
-                self.handles[agent.name] = AgentHandle(self.runtime, where[agent.name],
-                                                       agent.name, agent.description,
-                                                       restart_wait_s=wait)
+                self.handles[agent.name] = AgentHandle(
+                    self.runtime, where[agent.name], agent.name, agent.description,
+                    restart_wait_s=wait, supervisor=self.supervisor)
         if self.spec.remote_agents:
             from llmspell.protocols.a2a_client import A2AAgent
 

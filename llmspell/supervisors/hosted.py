@@ -115,6 +115,7 @@ class HostedWorkflow:
         # From the handle: set when the host's supervisor restarts it and work in flight there
         # may run again (AgentHandle.restart_wait_s); None, a death fails the run.
         self.restart_wait_s = on.restart_wait_s
+        self.supervisor = on.supervisor
         self._attempts: dict[str, str] = {}  # a caller's run id -> its attempt's, there
         try:  # refused now, what would fail at every run
             self._packed: bytes = cloudpickle.dumps(workflow)  # type: ignore[no-untyped-call]
@@ -182,17 +183,35 @@ class HostedWorkflow:
         started = time.monotonic()
         back = asyncio.ensure_future(until_back(self.runtime.node, self.host, started + wait))
         stop = asyncio.ensure_future(ctx.cancel.wait())
+        gave_up = asyncio.ensure_future(self._supervisor_gave_up())
         try:
-            await asyncio.wait({back, stop}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait({back, stop, gave_up}, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            for task in (back, stop):
+            for task in (back, stop, gave_up):
                 task.cancel()
-            await asyncio.gather(back, stop, return_exceptions=True)
+            await asyncio.gather(back, stop, gave_up, return_exceptions=True)
         if back.cancelled() or back.exception() is not None:
-            why = ctx.cancel.reason if ctx.cancel.cancelled else f"not back within {wait:g}s"
+            why = (ctx.cancel.reason if ctx.cancel.cancelled else
+                   gave_up.result() if gave_up.done() and not gave_up.cancelled() else
+                   f"not back within {wait:g}s")
             raise ActorUnavailable(self.host, f"{exc.cause}; {why}") from None
         ctx.publish("workflow.hosted.resumed", {
             **about, "pid": back.result(), "after_s": round(time.monotonic() - started, 3)})
+
+    async def _supervisor_gave_up(self, every_s: float = 0.5) -> str:
+        """Returns (why) once the host's supervisor has given up on its children: it will not
+        bring the host back. Never returns when there is no supervisor to ask."""
+        supervisor = self.supervisor
+        while supervisor is None:
+            await asyncio.Event().wait()  # never set: cancelled when the wait ends otherwise
+        while True:
+            with contextlib.suppress(Exception):  # busy restarting, or gone: ask again
+                status = await self.runtime.ask(supervisor, "supervisor.status",
+                                                timeout=5.0)
+                if status["failed"]:
+                    last = status["causes"][-1] if status["causes"] else "no cause given"
+                    return f"its supervisor gave up on it ({last})"
+            await asyncio.sleep(every_s)
 
     async def _attempt(self, input: str, ctx: ToolContext | None,
                        inputs: dict[str, Any] | None, run_id: str, position: Position,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -123,6 +124,32 @@ async def test_a_host_dying_under_a_hosted_root_is_restarted_and_the_run_resumes
     after = [(e.topic, e.payload["step"]) for e in events if e.seq > lost_seq(events)
              and e.topic in ("workflow.step.skipped", "workflow.step.finished")]
     assert after == [("workflow.step.skipped", "drafter"), ("workflow.step.finished", "editor")]
+
+
+async def test_a_hosted_root_whose_supervisor_gives_up_on_its_host_fails_at_once(
+        runtime: Runtime, job_id: str, server: LocalLLMServer) -> None:
+    """One restart allowed: the first death is ridden out, the second ends the supervisor's
+    patience, and the run fails then, not at the end of its 30 s restart wait."""
+    spec = JobSpec.from_data(two_steps(server, input="SLOW {{ topic }}",
+                                       supervision={"max_restarts": 1}))
+    seen = len(server.requests)
+    job = JobRun(spec, runtime, job_id=job_id, inputs={"topic": "Ray"})
+    try:
+        await job.start()
+        running = asyncio.ensure_future(job.execute())
+        for death in (1, 2):  # under each attempt's editor call
+            await until(lambda n=death: sum(r.model == "editor" for r in
+                                            server.requests[seen:]) == n, 30,
+                        f"attempt {death}'s editor call")
+            killed = time.monotonic()
+            ray.kill(ray.get_actor(f"{job_id}/{HOST}", namespace=runtime.settings.namespace),
+                     no_restart=False)
+        result = await asyncio.wait_for(running, 60)
+        assert time.monotonic() - killed < 15  # well inside the 30 s wait
+    finally:
+        await job.close()
+    assert result.status == JobStatus.failed
+    assert "its supervisor gave up on it" in result.reason, result.reason
 
 
 @pytest.mark.parametrize("run_pattern", ["auto", "driver"])
