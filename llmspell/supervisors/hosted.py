@@ -140,8 +140,8 @@ class HostedWorkflow:
             position = current_position()
         run_id = run_id or new_id()
         self._attempts[run_id] = run_id
-        # A resumed attempt takes back the steps this run did, not an earlier run's; a second
-        # back, as a clock elsewhere may run a little behind this one
+        # A resumed attempt takes back the steps this run did, not an earlier run's (those
+        # recorded from a second before now: a clock elsewhere may run a little behind this one)
         since = position.since if position.resume else time.time() - 1.0
         lost = 0
         try:
@@ -207,7 +207,7 @@ class HostedWorkflow:
         while True:
             with contextlib.suppress(Exception):  # busy restarting, or gone: ask again
                 status = await self.runtime.ask(supervisor, "supervisor.status",
-                                                timeout=5.0)
+                                                timeout=5.0, dead_letter=False)
                 if status["failed"]:
                     last = status["causes"][-1] if status["causes"] else "no cause given"
                     return f"its supervisor gave up on it ({last})"
