@@ -163,6 +163,10 @@ class AgentHandle:
     def ref(self) -> ActorRef:
         return self.runtime.lookup(self.host)
 
+    @property
+    def job_id(self) -> str:
+        return self.host.split("/", 1)[0]  # a host's address is "<job>/<name>"
+
     def __reduce__(self) -> tuple[Any, ...]:
         # Sent to an agent host inside a workflow (llmspell.supervisors.hosted), a handle
         # becomes the agent itself there, or one reached by an ask to its own host.
@@ -188,7 +192,7 @@ class AgentHandle:
             reply = await ask_supervised(
                 self.runtime.node, self.host, "agent.run", payload, idempotent=True,
                 timeout=self.runtime.settings.ask_timeout_s if timeout is None else timeout,
-                restart_wait=self.restart_wait_s, job_id=self.host.split("/", 1)[0])
+                restart_wait=self.restart_wait_s, job_id=self.job_id)
         if delegation is not None:
             return DelegationResult.model_validate(reply)
         return RunResult.model_validate(reply)
@@ -219,7 +223,7 @@ class AgentHandle:
         """The run's events as they happen, the sub-agents' and their tools' included (each
         tagged with its branch), then the RunResult."""
         run_id = new_id()
-        sub = await self.runtime.subscribe("agent.**", job_id=self.host.split("/", 1)[0])
+        sub = await self.runtime.subscribe("agent.**", job_id=self.job_id)
         task = asyncio.ensure_future(self.run(input, inputs=inputs, run_id=run_id,
                                               timeout=timeout))
         try:

@@ -56,7 +56,8 @@ __all__ = ["SPLITTERS", "Assembly", "even_parts", "hook_specs", "plan_hosts"]
 
 SUPERVISOR = "supervisor"
 # How long work in flight on a host that died waits for the supervisor's replacement (a restart
-# takes well under 2 s here; past this, the supervisor has given up or the cluster is short).
+# takes well under 2 s here; past this, the cluster is short of room for it). A supervisor that
+# gives up on the host ends a hosted run's wait sooner.
 RESTART_WAIT_S = 30.0
 
 
