@@ -192,7 +192,8 @@ class AgentHandle:
             reply = await ask_supervised(
                 self.runtime.node, self.host, "agent.run", payload, idempotent=True,
                 timeout=self.runtime.settings.ask_timeout_s if timeout is None else timeout,
-                restart_wait=self.restart_wait_s, job_id=self.job_id)
+                restart_wait=self.restart_wait_s, job_id=self.job_id,
+                supervisor=self.supervisor)
         if delegation is not None:
             return DelegationResult.model_validate(reply)
         return RunResult.model_validate(reply)

@@ -36,7 +36,13 @@ from llmspell.runtime.aliases import clear_alias, set_alias
 from llmspell.runtime.errors import ActorError, ActorNotFound, LlmspellError
 from llmspell.runtime.messages import Envelope
 from llmspell.runtime.spawning import spawn_actor
-from llmspell.runtime.supervised import ChildLost, PoisonMessage, ask_supervised, until_back
+from llmspell.runtime.supervised import (
+    ChildGivenUp,
+    ChildLost,
+    PoisonMessage,
+    ask_supervised,
+    until_back,
+)
 from llmspell.supervisors.supervisor import (
     ChildSpec,
     Decision,
@@ -44,8 +50,8 @@ from llmspell.supervisors.supervisor import (
     SupervisorSpec,
 )
 
-__all__ = ["ChildLost", "ChildStart", "PoisonMessage", "SupervisorActor", "ask_supervised",
-           "until_back"]
+__all__ = ["ChildGivenUp", "ChildLost", "ChildStart", "PoisonMessage", "SupervisorActor",
+           "ask_supervised", "until_back"]
 
 
 class ChildStart:

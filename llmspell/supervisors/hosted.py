@@ -41,7 +41,7 @@ from llmspell.agents.result import RunResult
 from llmspell.agents.spec import SpecError
 from llmspell.runtime.errors import ActorUnavailable, AskTimeout
 from llmspell.runtime.messages import new_id
-from llmspell.runtime.supervised import until_back
+from llmspell.runtime.supervised import ChildGivenUp, until_back
 from llmspell.supervisors.base import Pattern
 from llmspell.supervisors.checkpoint import Position, at_position, current_position, resuming
 from llmspell.tools.context import ToolContext
@@ -181,37 +181,23 @@ class HostedWorkflow:
         ctx.publish("workflow.hosted.lost", {**about, "cause": exc.cause})
         log.warning("hosted workflow lost its host", **about, cause=exc.cause)
         started = time.monotonic()
-        back = asyncio.ensure_future(until_back(self.runtime.node, self.host, started + wait))
+        back = asyncio.ensure_future(until_back(self.runtime.node, self.host, started + wait,
+                                                supervisor=self.supervisor))
         stop = asyncio.ensure_future(ctx.cancel.wait())
-        gave_up = asyncio.ensure_future(self._supervisor_gave_up())
         try:
-            await asyncio.wait({back, stop, gave_up}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait({back, stop}, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            for task in (back, stop, gave_up):
+            for task in (back, stop):
                 task.cancel()
-            await asyncio.gather(back, stop, gave_up, return_exceptions=True)
-        if back.cancelled() or back.exception() is not None:
+            await asyncio.gather(back, stop, return_exceptions=True)
+        failure = None if back.cancelled() else back.exception()
+        if back.cancelled() or failure is not None:
             why = (ctx.cancel.reason if ctx.cancel.cancelled else
-                   gave_up.result() if gave_up.done() and not gave_up.cancelled() else
+                   failure.cause if isinstance(failure, ChildGivenUp) else
                    f"not back within {wait:g}s")
             raise ActorUnavailable(self.host, f"{exc.cause}; {why}") from None
         ctx.publish("workflow.hosted.resumed", {
             **about, "pid": back.result(), "after_s": round(time.monotonic() - started, 3)})
-
-    async def _supervisor_gave_up(self, every_s: float = 0.5) -> str:
-        """Returns (why) once the host's supervisor has given up on its children: it will not
-        bring the host back. Never returns when there is no supervisor to ask."""
-        supervisor = self.supervisor
-        while supervisor is None:
-            await asyncio.Event().wait()  # never set: cancelled when the wait ends otherwise
-        while True:
-            with contextlib.suppress(Exception):  # busy restarting, or gone: ask again
-                status = await self.runtime.ask(supervisor, "supervisor.status",
-                                                timeout=5.0, dead_letter=False)
-                if status["failed"]:
-                    last = status["causes"][-1] if status["causes"] else "no cause given"
-                    return f"its supervisor gave up on it ({last})"
-            await asyncio.sleep(every_s)
 
     async def _attempt(self, input: str, ctx: ToolContext | None,
                        inputs: dict[str, Any] | None, run_id: str, position: Position,

@@ -1,8 +1,9 @@
 """Where a job's root pattern runs (`hosts.run_pattern`): in the host of its agents when they
 all share one and nothing in it belongs in the driver, else in the driver; checked by who sent
-the workflow's events. A host that dies under a hosted root fails the job with a clear reason; a
-driver killed takes its hosted run with it; resuming either finishes the job without running
-its completed step again."""
+the workflow's events. A host that dies under a job's run is restarted and the run goes on there
+(or the job fails at once, saying why, when its supervisor gives up on the host); a driver
+killed takes its hosted run with it; resuming finishes the job without running its completed
+step again."""
 
 from __future__ import annotations
 
@@ -126,12 +127,15 @@ async def test_a_host_dying_under_a_hosted_root_is_restarted_and_the_run_resumes
     assert after == [("workflow.step.skipped", "drafter"), ("workflow.step.finished", "editor")]
 
 
-async def test_a_hosted_root_whose_supervisor_gives_up_on_its_host_fails_at_once(
-        runtime: Runtime, job_id: str, server: LocalLLMServer) -> None:
+@pytest.mark.parametrize("run_pattern", ["auto", "driver"])
+async def test_a_run_whose_supervisor_gives_up_on_its_host_fails_at_once(
+        runtime: Runtime, job_id: str, server: LocalLLMServer, run_pattern: str) -> None:
     """One restart allowed: the first death is ridden out, the second ends the supervisor's
-    patience, and the run fails then, not at the end of its 30 s restart wait."""
+    patience, and the run fails then, not at the end of its 30 s restart wait: the hosted
+    root's, or (run from the driver) the editor's run sent again to its host."""
     spec = JobSpec.from_data(two_steps(server, input="SLOW {{ topic }}",
-                                       supervision={"max_restarts": 1}))
+                                       supervision={"max_restarts": 1},
+                                       hosts={"run_pattern": run_pattern}))
     seen = len(server.requests)
     job = JobRun(spec, runtime, job_id=job_id, inputs={"topic": "Ray"})
     try:
