@@ -205,9 +205,12 @@ class AgentHandle:
         return RunResult.model_validate(reply)
 
     async def cancel(self, run_id: str, reason: str = "") -> bool:
-        done: bool = await self.runtime.ask(self.host, "agent.cancel",
-                                            {"run_id": run_id, "reason": reason})
-        return done
+        """Cancel a run, running or still queued (it then starts cancelled). Sent as a tell:
+        the cancels a caller sends its runs on one host together (a cancelled pattern's) leave
+        in one batch and land together, so a run queued behind a cancelled one cannot start
+        in between. Delivered in order with this process's later messages to the host."""
+        await self.runtime.tell(self.host, "agent.cancel", {"run_id": run_id, "reason": reason})
+        return True
 
     async def status(self) -> dict[str, Any]:
         reply: dict[str, Any] = await self.runtime.ask(self.host, "agent.status",

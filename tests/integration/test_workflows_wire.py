@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -230,32 +229,29 @@ async def test_a_cancelled_map_reduce_stops_the_items_queued_at_its_agents(
                 seen.setdefault(found.group(1), r.wall_time)
         return seen
 
-    async def cancel_once_two_run() -> float:
+    async def cancel_once_two_run() -> None:
         for _ in range(1500):  # 30 s at most
             if len(asked()) >= 2:
                 break
             await asyncio.sleep(0.02)
         ctx.cancel.cancel("enough")
-        return time.time()
 
     ctx = driver_ctx(runtime, wf_job)
     items = [f"SLOW queued{i}" for i in range(6)]  # each would take the model 2 s
     canceller = asyncio.ensure_future(cancel_once_two_run())
     result = await MapReduce("mrcancel", [agents["m0"], agents["m1"]]).run(
         json.dumps(items), ctx=ctx)
-    cancelled_at = await canceller
+    await canceller
     assert result.status == RunStatus.cancelled
     events = await logged(runtime, wf_job, agents, "mrcancel")
     assert most_held(events, "workflow.step", "mrcancel", "step") == 2  # items 1 and 3 queued
     started = {e.payload["index"] for e in events if e.topic == "workflow.step.started"}
     assert started == {0, 1, 2, 3}  # items 4 and 5 were never sent
     assert {status for _, status in runs(events)} <= {"cancelled"}  # none ran to its end
-    # Items 0 and 2 were running. A queued item starts cancelled when its cancel reaches its
-    # actor first; when the cancel of the item before it lands first, it may start its model
-    # call, abandoned at once: never later than the second of promise 8.
-    first = asked()
-    assert {"queued0", "queued2"} <= set(first) <= {f"queued{i}" for i in range(4)}
-    assert all(first[k] < cancelled_at + 1.0 for k in set(first) - {"queued0", "queued2"})
+    # Items 0 and 2 were running; 1 and 3, queued behind them, never reached the model: the
+    # cancels of one agent host leave in one batch, so the run ahead of a queued one cannot
+    # end and let it start before its own cancel has landed.
+    assert set(asked()) == {"queued0", "queued2"}
 
 
 async def test_three_deep_with_events_by_branch(

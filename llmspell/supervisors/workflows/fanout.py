@@ -256,8 +256,8 @@ class MapReduce(Workflow):
     (a second call would run alongside the first). The last `concurrency` items are never
     queued: they go to whichever worker is free. A queued item's `workflow.step.started` is
     published when it is sent, and its wait counts toward the run's timeout. On a cancel, a
-    queued item starts cancelled in its actor; if the cancel of the item ahead of it lands
-    first, it may start its model call, abandoned at once (well inside promise 8's second).
+    queued item starts cancelled in its actor: its cancel lands with that of the item ahead of
+    it (AgentHandle.cancel), so it never reaches the model.
     """
 
     def __init__(self, name: str, mapper: Any, *, split: Split | None = None,
