@@ -73,7 +73,7 @@ class AgentHost(ActorBase):
                        emit=emit, state=self.state, job_id=self.job_id,
                        sandbox=setup.sandbox, default_model=setup.default_model,
                        max_depth=setup.max_depth)
-        self.core = HostCore(self.address, env, directory=setup.directory, remote=self._ask_remote,
+        self.core = HostCore(self.address, env, directory=setup.directory, remote=self.node,
                              mailbox_capacity=int(self.config.extra.get(
                                  "agent_mailbox_capacity", self.settings.mailbox_capacity)),
                              gap_timeout=self.settings.gap_timeout_s)
@@ -106,10 +106,6 @@ class AgentHost(ActorBase):
 
         return RoutedExecutor({tool: PoolExecutor(address, self.node)
                                for tool, address in setup.pools.items()})
-
-    async def _ask_remote(self, host: str, type: str, payload: dict[str, Any],
-                      timeout: float | None) -> Any:
-        return await self.node.ask(host, type, payload, timeout=timeout)
 
     async def handle(self, msg: Envelope) -> Any:
         if msg.type == "host.agents":
@@ -247,11 +243,7 @@ class AgentHandle:
             await sub.close()
 
     def as_tool(self, *, name: str | None = None, description: str | None = None) -> AgentTool:
-        async def call(host: str, type: str, payload: dict[str, Any], timeout: float | None
-                       ) -> Any:
-            return await self.runtime.ask(host, type, payload, timeout=timeout)
-
-        remote = RemoteAgent(call, self.host, self.name, self.description)
+        remote = RemoteAgent(self.runtime, self.host, self.name, self.description)
         return AgentTool(remote, name=name, description=description)
 
 

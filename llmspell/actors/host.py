@@ -64,11 +64,13 @@ class UnknownAgent(LlmspellError):
         self.name = name
 
 
-class RemoteCaller(Protocol):
-    """How a host reaches an agent on another host (an actor ask)."""
+class Remote(Protocol):
+    """How a host reaches agents on other hosts: its process's node (or a driver's runtime)."""
 
-    async def __call__(self, host: str, type: str, payload: dict[str, Any],
-                       timeout: float | None) -> Any: ...
+    async def ask(self, address: str, type: str, payload: Any = None, *,
+                  timeout: float | None = None) -> Any: ...
+
+    async def tell(self, address: str, type: str, payload: Any = None) -> None: ...
 
 
 @dataclass
@@ -87,7 +89,7 @@ class AgentSlot:
 class HostCore:
     def __init__(self, address: str, env: AgentEnv, *, mailbox_capacity: int = 1_000,
                  directory: Mapping[str, str] | None = None,
-                 remote: RemoteCaller | None = None, gap_timeout: float = 5.0) -> None:
+                 remote: Remote | None = None, gap_timeout: float = 5.0) -> None:
         self.address = address
         self.env = env
         self.capacity = mailbox_capacity
@@ -392,11 +394,11 @@ class LocalAgent:
 
 
 class RemoteAgent:
-    """An agent on another host, reached by an actor ask."""
+    """An agent on another host, reached by actor messages."""
 
-    def __init__(self, call: RemoteCaller, host: str, name: str, description: str = "",
+    def __init__(self, remote: Remote, host: str, name: str, description: str = "",
                  timeout: float | None = 600.0) -> None:
-        self.call = call
+        self.remote = remote
         self.host = host
         self.name = name
         self.description = description
@@ -406,15 +408,15 @@ class RemoteAgent:
                   inputs: dict[str, Any] | None = None, run_id: str | None = None,
                   delegation: DelegationPlan | None = None) -> RunResult:
         payload = {"agent": self.name, **_run_payload(input, ctx, inputs, run_id, delegation)}
-        reply = await self.call(self.host, "agent.run", payload, self.timeout)
+        reply = await self.remote.ask(self.host, "agent.run", payload, timeout=self.timeout)
         if delegation is not None:
             return DelegationResult.model_validate(reply)
         return RunResult.model_validate(reply)
 
     async def cancel(self, run_id: str, reason: str = "") -> bool:
-        done: bool = await self.call(self.host, "agent.cancel",
-                                     {"run_id": run_id, "reason": reason}, 10.0)
-        return done
+        """As AgentHandle.cancel: a tell, so a pattern's cancels to one host land together."""
+        await self.remote.tell(self.host, "agent.cancel", {"run_id": run_id, "reason": reason})
+        return True
 
 
 def _run_payload(input: str, ctx: ToolContext | None, inputs: dict[str, Any] | None,

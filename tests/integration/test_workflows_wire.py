@@ -19,6 +19,7 @@ from llmspell.llm.server import LocalLLMServer
 from llmspell.runtime.events import Event
 from llmspell.runtime.messages import new_id
 from llmspell.runtime.state_client import StateClient
+from llmspell.supervisors.hosted import HostedWorkflow
 from llmspell.supervisors.swarm import WorkerSwarm
 from llmspell.supervisors.workflows import (
     Conditional,
@@ -215,13 +216,16 @@ async def test_a_worker_swarm_of_actor_agents_queues_each_its_next_task(
     assert one_at_a_time(events, "crew/m0") and one_at_a_time(events, "crew/m1")
 
 
+@pytest.mark.parametrize("placed", ["driver", "another_host"])
 async def test_a_cancelled_map_reduce_stops_the_items_queued_at_its_agents(
         runtime: Runtime, wf_job: str, agents: dict[str, AgentHandle],
-        server: LocalLLMServer) -> None:
+        server: LocalLLMServer, placed: str) -> None:
+    """Run from the driver, or hosted in another host (its mappers RemoteAgents there): the
+    cancel reaches the runs in the mappers' host either way."""
     def asked() -> dict[str, float]:
         """When each item first reached the model (its text, in the last message sent)."""
         seen: dict[str, float] = {}
-        for r in server.requests:
+        for r in server.requests[before:]:
             body = r.body if isinstance(r.body, dict) else {}
             messages = body.get("input") or body.get("messages")  # Responses or Chat API
             found = re.search(r"SLOW (queued\d)", json.dumps(messages[-1])) if messages else None
@@ -238,13 +242,23 @@ async def test_a_cancelled_map_reduce_stops_the_items_queued_at_its_agents(
 
     ctx = driver_ctx(runtime, wf_job)
     items = [f"SLOW queued{i}" for i in range(6)]  # each would take the model 2 s
+    before = len(server.requests)
+    name = f"mrcancel-{placed}"
+    flow: Any = MapReduce(name, [agents["m0"], agents["m1"]])
+    if placed == "another_host":
+        [there] = spawn_host(runtime, "elsewhere", HostSetup(
+            [AgentSpec(name="there", model="openai:m", stream=False)],
+            providers={"openai": {"base_url": server.openai_base_url, "api_key": "sk-test"}}),
+            job_id=wf_job)
+        flow = HostedWorkflow(flow, on=there)
     canceller = asyncio.ensure_future(cancel_once_two_run())
-    result = await MapReduce("mrcancel", [agents["m0"], agents["m1"]]).run(
-        json.dumps(items), ctx=ctx)
+    result = await flow.run(json.dumps(items), ctx=ctx)
     await canceller
     assert result.status == RunStatus.cancelled
-    events = await logged(runtime, wf_job, agents, "mrcancel")
-    assert most_held(events, "workflow.step", "mrcancel", "step") == 2  # items 1 and 3 queued
+    if placed == "another_host":
+        await there.ref.flush()
+    events = await logged(runtime, wf_job, agents, name)
+    assert most_held(events, "workflow.step", name, "step") == 2  # items 1 and 3 queued
     started = {e.payload["index"] for e in events if e.topic == "workflow.step.started"}
     assert started == {0, 1, 2, 3}  # items 4 and 5 were never sent
     assert {status for _, status in runs(events)} <= {"cancelled"}  # none ran to its end
