@@ -9,7 +9,24 @@ import sys
 from collections.abc import MutableMapping
 from typing import Any
 
-import structlog
+
+def _structlog_without_rich() -> None:
+    """Import structlog without letting it load rich: structlog.dev imports rich, if installed,
+    only to print tracebacks in colour, which our renderers never do (JSON lines, or a console
+    without colours); that import was ~60 ms of every actor process's start. Rich itself stays
+    importable afterwards (the CLI's live view uses it)."""
+    if "structlog" in sys.modules or "rich" in sys.modules:
+        return
+    sys.modules["rich"] = None  # type: ignore[assignment]  # `import rich` raises ImportError
+    try:
+        import structlog  # noqa: F401
+    finally:
+        del sys.modules["rich"]
+
+
+_structlog_without_rich()
+
+import structlog  # noqa: E402
 
 _configured = False
 _SECRET_ENV = ("OPENAI_API_KEY", "ANTHROPIC_API_KEY", "LLMSPELL_LOCAL_LLM_KEY")
