@@ -280,7 +280,8 @@ class HostCore:
                              f"{type(exc).__name__}: {exc}") from None
         ctx = self._context(p, ())  # the workflow enters its own name
         self.hosted[run_id] = ctx.cancel
-        signals = self.signals[run_id] = RunSignals()
+        signals = self.signals[run_id] = RunSignals(
+            [(str(n), d) for n, d in p.get("signals") or []])
         listening = _SIGNALS.set(signals)
         try:
             result: RunResult = await runnable.run(str(p.get("input", "")), ctx=ctx,
@@ -442,19 +443,27 @@ _HOSTING: ContextVar[HostCore | None] = ContextVar("llmspell_hosting", default=N
 
 class RunSignals:
     """What a workflow run in a host listens to while it runs (`HostedWorkflow.signal`): one
-    handler per name, set by the workflow (`run_signals().on(...)`). A signal nobody listens
-    to, or sent once the run is over, is dropped (asked rather than told, the reply is whether
-    it was heard)."""
+    handler per name, set by the workflow (`run_signals().on(...)`). A signal that comes
+    before its handler is set waits for it (`heard` a resumed run's signals from the start);
+    one sent once the run is over is dropped (asked rather than told, the reply is whether it
+    was heard at once)."""
 
-    def __init__(self) -> None:
+    max_waiting = 1_000  # signals nobody listens to yet, kept at most
+
+    def __init__(self, heard: list[tuple[str, Any]] | None = None) -> None:
         self._handlers: dict[str, Callable[[Any], None]] = {}
+        self._waiting: list[tuple[str, Any]] = list(heard or [])[-self.max_waiting:]
 
     def on(self, name: str, handler: Callable[[Any], None]) -> None:
         self._handlers[name] = handler
+        for data in [d for n, d in self._waiting if n == name]:
+            handler(data)
+        self._waiting = [(n, d) for n, d in self._waiting if n != name]
 
     def deliver(self, name: str, data: Any) -> bool:
         handler = self._handlers.get(name)
         if handler is None:
+            self._waiting = [*self._waiting[1 - self.max_waiting:], (name, data)]
             return False
         handler(data)
         return True

@@ -117,6 +117,7 @@ class HostedWorkflow:
         self.restart_wait_s = on.restart_wait_s
         self.supervisor = on.supervisor
         self._attempts: dict[str, str] = {}  # a caller's run id -> its attempt's, there
+        self._signals: dict[str, list[tuple[str, Any]]] = {}  # sent to a run, by its run id
         try:  # refused now, what would fail at every run
             self._packed: bytes = cloudpickle.dumps(workflow)  # type: ignore[no-untyped-call]
         except Exception as exc:
@@ -140,6 +141,7 @@ class HostedWorkflow:
             position = current_position()
         run_id = run_id or new_id()
         self._attempts[run_id] = run_id
+        self._signals[run_id] = []
         # A resumed attempt takes back the steps this run did, not an earlier run's (those
         # recorded from a second before now: a clock elsewhere may run a little behind this one)
         since = position.since if position.resume else time.time() - 1.0
@@ -148,7 +150,7 @@ class HostedWorkflow:
             while True:
                 try:
                     return await self._attempt(input, ctx, inputs, self._attempts[run_id],
-                                               position, timeout)
+                                               position, timeout, self._signals[run_id])
                 except ActorUnavailable as exc:
                     if not self._resumable(exc, ctx):
                         raise
@@ -161,7 +163,7 @@ class HostedWorkflow:
                 position = replace(position, resume=True, since=since)
                 self._attempts[run_id] = f"{run_id}.{lost}"
         finally:
-            del self._attempts[run_id]
+            del self._attempts[run_id], self._signals[run_id]
 
     def _resumable(self, exc: ActorUnavailable, ctx: ToolContext | None) -> bool:
         """A death (not a hang: that process may still be running the steps) under a host its
@@ -201,9 +203,12 @@ class HostedWorkflow:
 
     async def _attempt(self, input: str, ctx: ToolContext | None,
                        inputs: dict[str, Any] | None, run_id: str, position: Position,
-                       timeout: float | None) -> RunResult:
+                       timeout: float | None, signals: list[tuple[str, Any]]) -> RunResult:
+        # A resumed attempt hears again what its run was told (a spread share, the slots
+        # handed to it since it started)
         payload: dict[str, Any] = {"runnable": self._pack(position), "input": input,
-                                   "inputs": inputs, "run_id": run_id}
+                                   "inputs": inputs, "run_id": run_id,
+                                   "signals": [list(signal) for signal in signals]}
         limit = timeout if timeout is not None else self.timeout
         if ctx is not None:
             payload["ctx"] = ctx.to_wire()  # the workflow enters its own name there, as here
@@ -274,7 +279,10 @@ class HostedWorkflow:
 
     async def signal(self, run_id: str, name: str, data: Any = None) -> None:
         """Tell the run `run_id` in progress there something (llmspell.actors.host.RunSignals),
-        without waiting: a run that does not listen for `name`, or is over, drops it."""
+        without waiting: a run that is over drops it. Kept while the run lasts: an attempt
+        resumed after its host's death is told again."""
+        if run_id in self._signals:
+            self._signals[run_id].append((name, data))
         await self.runtime.tell(self.host, HOSTED_SIGNAL, {
             "run_id": self._attempts.get(run_id, run_id), "name": name, "data": data})
 

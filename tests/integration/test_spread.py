@@ -222,6 +222,35 @@ async def test_a_finished_shares_slots_go_to_a_share_still_running(
                                                    "data": 1}) is False
 
 
+async def test_a_share_resumed_after_its_hosts_death_keeps_the_slots_handed_to_it(
+        runtime: Runtime, job: str, server: LocalLLMServer) -> None:
+    """As the handover test, with the slow host killed once its three branches run (one of
+    them on the slot handed over): Ray restarts it, the share resumes there and is told its
+    handed slots again, so it runs the three at once again, not two and then one."""
+    quick = {h.name: h for h in host(runtime, job, server, "quick2", ("r0", "r1"))}
+    providers: dict[str, Any] = {"openai": {"base_url": server.openai_base_url,
+                                            "api_key": "sk-test"}}
+    spawned = spawn_host(runtime, "lag2", HostSetup(
+        [AgentSpec(name=n, model="openai:slow", stream=False) for n in ("m0", "m1", "m2")],
+        providers=providers), job_id=job, max_restarts=1)
+    lag = {h.name: AgentHandle(runtime, h.host, h.name, restart_wait_s=60.0) for h in spawned}
+    slow = lag["m0"].host
+    seen = len(server.requests)
+    run = asyncio.ensure_future(Parallel("resumed", {**quick, **lag}, concurrency=3).run(
+        "go", ctx=driver_ctx(runtime, job)))
+    await until(lambda: sum(r.model == "slow" for r in server.requests[seen:]) == 3 or
+                run.done(), 30, "the slow share's three calls")
+    ray.kill(runtime.node.handle(slow), no_restart=False)
+    result = await asyncio.wait_for(run, 60)
+
+    assert result.ok, result.reason
+    assert sum(r.model == "slow" for r in server.requests[seen:]) == 6  # each run twice
+    events = await logged(runtime, job, {**quick, **lag}, "resumed")
+    assert handed(events, slow) == 1
+    back = next(e.seq for e in events if e.topic == "workflow.hosted.resumed")
+    assert most_at_once([e for e in events if e.seq > back], slow) == 3
+
+
 def test_only_a_join_of_all_over_actor_agents_on_several_hosts_spreads(
         agents: dict[str, AgentHandle]) -> None:
     assert plan_shares(fan("p", agents)) is not None
