@@ -8,10 +8,12 @@ Work checks `raise_if_cancelled()` at its step boundaries and awaits `wait()` to
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable
+from typing import Any
 
 from llmspell.runtime.errors import Cancelled
 
-__all__ = ["CancelToken"]
+__all__ = ["CancelToken", "race"]
 
 
 class CancelToken:
@@ -56,3 +58,17 @@ class CancelToken:
             await self._event.wait()
         assert self.reason is not None
         return self.reason
+
+
+async def race(*aws: Awaitable[Any]) -> list[asyncio.Future[Any]]:
+    """Run `aws` side by side until the first one ends; the others are cancelled and awaited,
+    so none outlives the call. Their futures, in order, to read each outcome from (one that
+    lost is `cancelled()`)."""
+    tasks: list[asyncio.Future[Any]] = [asyncio.ensure_future(a) for a in aws]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    return tasks

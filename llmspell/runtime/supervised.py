@@ -16,6 +16,7 @@ from typing import Any
 
 from ray.exceptions import RayActorError
 
+from llmspell.runtime.cancel import race
 from llmspell.runtime.errors import ActorError, ActorNotFound, ActorUnavailable
 
 __all__ = ["ChildGivenUp", "ChildLost", "PoisonMessage", "ask_supervised", "supervisor_gave_up",
@@ -104,17 +105,12 @@ async def until_back(node: Any, address: str, deadline: float, *,
     deadline to learn so."""
     if supervisor is None:
         return await _answers_again(node, address, deadline)
-    back = asyncio.ensure_future(_answers_again(node, address, deadline))
-    gave_up = asyncio.ensure_future(supervisor_gave_up(node, supervisor))
-    try:
-        await asyncio.wait({back, gave_up}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for task in (back, gave_up):
-            task.cancel()
-        await asyncio.gather(back, gave_up, return_exceptions=True)
+    back, gave_up = await race(_answers_again(node, address, deadline),
+                               supervisor_gave_up(node, supervisor))
     if back.cancelled():
         raise ChildGivenUp(address, gave_up.result())
-    return back.result()
+    pid: int = back.result()
+    return pid
 
 
 async def supervisor_gave_up(node: Any, supervisor: str, every_s: float = 0.5) -> str:

@@ -39,6 +39,7 @@ from llmspell.actors.agent_actor import AgentHandle
 from llmspell.actors.host import HOSTED_RUN, HOSTED_SIGNAL
 from llmspell.agents.result import RunResult
 from llmspell.agents.spec import SpecError
+from llmspell.runtime.cancel import race
 from llmspell.runtime.errors import ActorUnavailable, AskTimeout
 from llmspell.runtime.messages import new_id
 from llmspell.runtime.supervised import ChildGivenUp, until_back
@@ -183,15 +184,8 @@ class HostedWorkflow:
         ctx.publish("workflow.hosted.lost", {**about, "cause": exc.cause})
         log.warning("hosted workflow lost its host", **about, cause=exc.cause)
         started = time.monotonic()
-        back = asyncio.ensure_future(until_back(self.runtime.node, self.host, started + wait,
-                                                supervisor=self.supervisor))
-        stop = asyncio.ensure_future(ctx.cancel.wait())
-        try:
-            await asyncio.wait({back, stop}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for task in (back, stop):
-                task.cancel()
-            await asyncio.gather(back, stop, return_exceptions=True)
+        back, _ = await race(until_back(self.runtime.node, self.host, started + wait,
+                                        supervisor=self.supervisor), ctx.cancel.wait())
         failure = None if back.cancelled() else back.exception()
         if back.cancelled() or failure is not None:
             why = (ctx.cancel.reason if ctx.cancel.cancelled else
