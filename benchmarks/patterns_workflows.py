@@ -24,9 +24,13 @@ a first round not counted: the first workflow sent to a host loads its code ther
 In the same run, the reference: the same calls made straight from the driver with the openai
 SDK (asyncio tasks, the same concurrency, no agents, actors, events, hooks or checkpoints):
 `*_bare_sdk_efficiency` is the most this machine allows with the server and the client sharing
-its cores. And between the two, `*_agents_only_efficiency`: the same agents in the same actor
-driven by a plain asyncio worker pool (no workflow: no step events, hooks or checkpoints), which
-separates the cost of the agent layer from the cost of the workflow. And the other placement
+its cores. For the Parallel, whose spread runs its calls from four hosts, also the same calls
+from four plain processes (`parallel_bare_sdk_spread_efficiency`: 5 at a time each, the hosts'
+shares of the limit, through the SDK's cheapest path, the one our provider takes): the ceiling
+of a spread run with no runtime at all. And between the two, `*_agents_only_efficiency`: the
+same agents in the same actor driven by a plain asyncio worker pool (no workflow: no step
+events, hooks or checkpoints), which separates the cost of the agent layer from the cost of
+the workflow. And the other placement
 of each: `mapreduce_driver_efficiency`, the MapReduce run in the driver (a Ray call from it per
 step); `parallel_driver_efficiency`, the Parallel not spread (`spread=False`: a Ray call from
 the driver per branch); and `parallel_hosted_efficiency`, the Parallel run in the host of its
@@ -38,6 +42,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import multiprocessing
 import os
 import socket
 import statistics
@@ -45,7 +50,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import Any
 
 from llmspell import Runtime
@@ -126,6 +131,70 @@ async def _bare_sdk(server_url: str, calls: int, concurrency: int, then: int = 0
         await client.close()
 
 
+class SpreadSDK:
+    """`procs` processes making SDK calls, told to start at once: a round's makespan is from
+    the word go to the last one's end. Started (and their connections warmed) before the
+    clock, as the agents are."""
+
+    def __init__(self, server_url: str, procs: int) -> None:
+        context = multiprocessing.get_context("spawn")  # the driver runs threads: no fork
+        self._pipes = []
+        self._procs = []
+        for _ in range(procs):
+            here, there = context.Pipe()
+            proc = context.Process(target=_spread_worker, args=(there, server_url), daemon=True)
+            proc.start()
+            self._pipes.append(here)
+            self._procs.append(proc)
+        for pipe in self._pipes:
+            assert pipe.recv() == "ready"
+
+    async def makespan(self, calls: int, concurrency: int) -> float:
+        """`calls` calls spread evenly over the processes, `concurrency` at once in all."""
+        share = (calls // len(self._pipes), concurrency // len(self._pipes))
+        started = time.perf_counter()  # CLOCK_MONOTONIC: the same clock in every process
+        for pipe in self._pipes:
+            pipe.send(share)
+        ends: list[float] = [await asyncio.to_thread(pipe.recv) for pipe in self._pipes]
+        return max(ends) - started
+
+    def close(self) -> None:
+        for pipe in self._pipes:
+            pipe.send(None)
+        for proc in self._procs:
+            proc.join(10)
+
+
+def _spread_worker(pipe: Any, server_url: str) -> None:
+    """One of SpreadSDK's processes: for each (calls, lanes) it is sent, that many calls, that
+    many at a time; replies with the time the last one ended."""
+    import openai
+
+    async def serve() -> None:
+        client = openai.AsyncOpenAI(base_url=server_url, api_key="sk-bench", max_retries=0,
+                                    http_client=http_client(openai, "auto", 60.0))
+        body = {"model": "m", "messages": [{"role": "user", "content": "answer this"}]}
+
+        async def call() -> None:
+            await client.post("/chat/completions", body=body, cast_to=object,
+                              options={"security": {"bearer_auth": True}})
+
+        async def lane(todo: Iterator[int]) -> None:
+            for _ in todo:
+                await call()
+
+        await asyncio.gather(*(call() for _ in range(5)))  # warm the connections
+        pipe.send("ready")
+        while (share := await asyncio.to_thread(pipe.recv)) is not None:
+            calls, lanes = share
+            todo = iter(range(calls))
+            await asyncio.gather(*(lane(todo) for _ in range(lanes)))
+            pipe.send(time.perf_counter())
+        await client.close()
+
+    process.run(serve())
+
+
 async def _agents_only(workers: Sequence[AgentHandle], inputs: list[str],
                        then: AgentHandle | None = None) -> float:
     """The makespan of running `inputs` on a pool of `workers` (worker w always uses agent
@@ -197,11 +266,13 @@ async def measure_parallel(runtime: Runtime, server_url: str, *, branches: int =
             with_its_agents(par, handles)
         return await _timed(runtime, job, placed, "answer this")
 
+    spread_sdk = SpreadSDK(server_url, len({h.host for h in handles}))
     try:
         await _warm(handles)
-        makespan, driver, hosted, bare, direct = await _median_rounds(
+        makespan, driver, hosted, bare, spread, direct = await _median_rounds(
             workflow, lambda r: workflow(r, "driver"), lambda r: workflow(r, "hosted"),
             lambda _: _bare_sdk(server_url, branches, concurrency),
+            lambda _: spread_sdk.makespan(branches, concurrency),
             lambda _: _parallel_agents_only(handles, concurrency))
         ideal = math.ceil(branches / concurrency) * CALL_MS / 1000
         return {"parallel_efficiency": round(ideal / makespan, 3),
@@ -210,8 +281,10 @@ async def measure_parallel(runtime: Runtime, server_url: str, *, branches: int =
                 "parallel_hosted_efficiency": round(ideal / hosted, 3),
                 "parallel_ideal_s": round(ideal, 3),
                 "parallel_agents_only_efficiency": round(ideal / direct, 3),
-                "parallel_bare_sdk_efficiency": round(ideal / bare, 3)}
+                "parallel_bare_sdk_efficiency": round(ideal / bare, 3),
+                "parallel_bare_sdk_spread_efficiency": round(ideal / spread, 3)}
     finally:
+        spread_sdk.close()
         runtime.kill_job(job)
 
 
