@@ -60,8 +60,11 @@ def _seed_from_package(encoding: str) -> bool:
     return True
 
 
+@lru_cache(maxsize=256)
 def encoding_for(model: str) -> str | None:
-    """The tiktoken encoding of an OpenAI model, or None if tiktoken does not know it."""
+    """The tiktoken encoding of an OpenAI model, or None if tiktoken does not know it.
+    Cached: it is asked for every text of every call, and an unknown model costs tiktoken a
+    scan of its prefix table and a KeyError each time."""
     try:
         from tiktoken.model import encoding_name_for_model
     except ImportError:
