@@ -2,7 +2,6 @@
 
 from typing import TYPE_CHECKING
 
-from llmspell.actors.base import ActorBase
 from llmspell.runtime.errors import (
     ActorError,
     ActorNotFound,
@@ -21,14 +20,15 @@ from llmspell.runtime.errors import (
 )
 from llmspell.runtime.events import Event
 from llmspell.runtime.messages import Envelope, Kind, Priority, register_payload
-from llmspell.runtime.runtime import ActorRef, Runtime
 from llmspell.runtime.settings import RuntimeSettings
 
 if TYPE_CHECKING:  # what the lazy names below are, for type checkers and editors
     from llmspell.actors.agent_actor import HostSetup, spawn_agent, spawn_host
+    from llmspell.actors.base import ActorBase
     from llmspell.agents import Agent, AgentSpec, RunResult, RunStatus, from_template
     from llmspell.jobs import JobResult, JobSpec, run
     from llmspell.llm import LLM, Message
+    from llmspell.runtime.runtime import ActorRef, Runtime
     from llmspell.supervisors.base import Bind
     from llmspell.supervisors.consensus import Consensus
     from llmspell.supervisors.delegation import Delegation
@@ -47,9 +47,12 @@ if TYPE_CHECKING:  # what the lazy names below are, for type checkers and editor
 
 __version__ = "0.1.0"
 
-# The layers above the runtime core load on first use, so that an actor process that needs only
-# the core (a tool replica, the event hub) starts without importing agents and patterns.
+# What needs Ray, and the layers above the runtime core, load on first use: an actor process
+# that needs only the core (a tool replica, the event hub) starts without importing agents and
+# patterns, and the commands that need no Ray (--help, validate, llm-server) without Ray.
 _LAZY = {
+    "ActorBase": "llmspell.actors.base", "ActorRef": "llmspell.runtime.runtime",
+    "Runtime": "llmspell.runtime.runtime",
     "Agent": "llmspell.agents", "AgentSpec": "llmspell.agents", "RunResult": "llmspell.agents",
     "RunStatus": "llmspell.agents", "from_template": "llmspell.agents",
     "tool": "llmspell.tools", "Tool": "llmspell.tools", "ToolContext": "llmspell.tools",

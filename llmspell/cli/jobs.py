@@ -20,7 +20,7 @@ from rich.console import Console
 from rich.table import Table
 
 from llmspell.jobs import ExitCode
-from llmspell.jobs.runner import new_job_id
+from llmspell.jobs.spec import new_job_id
 from llmspell.jobs.submit import Submission, SubmissionError, events_in
 
 from .run import inputs_or_exit, resume_local, spec_or_exit

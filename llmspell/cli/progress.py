@@ -13,7 +13,7 @@ import contextlib
 import json
 import sys
 from dataclasses import dataclass, field
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from rich.console import Console, Group
 from rich.live import Live
@@ -23,7 +23,9 @@ from rich.tree import Tree
 
 from llmspell.jobs.submit import EVENT_PREFIX
 from llmspell.runtime.events import Event
-from llmspell.runtime.runtime import Runtime
+
+if TYPE_CHECKING:
+    from llmspell.runtime.runtime import Runtime
 
 __all__ = ["JobView", "follow", "print_event_line"]
 

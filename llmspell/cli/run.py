@@ -16,7 +16,7 @@ import signal
 import sys
 from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.console import Console
@@ -24,16 +24,18 @@ from rich.panel import Panel
 from rich.table import Table
 
 from llmspell.agents.result import RunResult
-from llmspell.jobs import ExitCode, JobResult, JobRun, JobSpec, JobSpecError, JobStatus
-from llmspell.jobs.build import plan_hosts
-from llmspell.jobs.runner import job_runtime, load_saved, new_job_id
+from llmspell.jobs import ExitCode, JobResult, JobSpec, JobSpecError, JobStatus
+from llmspell.jobs.spec import new_job_id
 from llmspell.llm.registry import ProviderSettings
 from llmspell.runtime import process
 from llmspell.runtime.errors import LlmspellError
-from llmspell.runtime.runtime import Runtime, cluster_from_env
-from llmspell.runtime.settings import RuntimeSettings
+from llmspell.runtime.settings import RuntimeSettings, cluster_from_env
 
 from .progress import JobView, follow
+
+if TYPE_CHECKING:
+    # Ray loads with the first command that runs a job: --help and validate need none of it.
+    from llmspell.runtime.runtime import Runtime
 
 __all__ = ["demo", "execute", "parse_inputs", "run", "validate"]
 
@@ -109,6 +111,9 @@ async def execute(spec: JobSpec, inputs: dict[str, Any], runtime: Runtime, *, jo
                   events: bool = False) -> tuple[JobResult, JobView]:
     """Run the job on a started runtime with its progress view; the job's actors are gone
     when this returns, whatever happened."""
+    from llmspell.jobs.build import plan_hosts
+    from llmspell.jobs.runner import JobRun
+
     job = JobRun(spec, runtime, job_id=job_id, inputs=inputs)
     view = JobView(job_id)
     for host, agents in plan_hosts(spec).items():
@@ -143,6 +148,7 @@ async def _run_spell(path: Path, inputs: dict[str, Any], *, address: str | None,
                      ) -> tuple[JobResult, JobView]:
     """A Lua spell, with the same progress view, Ctrl-C handling and report as a job."""
     from llmspell.cli.spell import run_lua
+    from llmspell.runtime.runtime import Runtime
     from llmspell.spells.context import SpellOptions
 
     providers: dict[str, ProviderSettings | dict[str, Any]] | None = (
@@ -218,6 +224,8 @@ def spec_or_exit(path: Path, console: Console) -> JobSpec:
 async def _run_spec(spec: JobSpec, inputs: dict[str, Any], *, address: str | None,
                     job_id: str, resume: bool, console: Console, live: bool,
                     events: bool) -> tuple[JobResult, JobView]:
+    from llmspell.jobs.runner import job_runtime
+
     async with job_runtime(spec, address=cluster_address(address), job_id=job_id) as rt:
         return await execute(spec, inputs, rt, job_id=job_id, resume=resume, console=console,
                              live=live, events=events)
@@ -356,6 +364,9 @@ def demo(
 
 async def _resume_local(job_id: str, path: str, *, console: Console, live: bool
                         ) -> tuple[JobResult, JobView]:
+    from llmspell.jobs.runner import load_saved
+    from llmspell.runtime.runtime import Runtime
+
     async with Runtime(cluster_address(None), job_id=job_id, state_path=path) as rt:
         spec, inputs = await load_saved(rt, job_id)
         return await execute(spec, inputs, rt, job_id=job_id, resume=True, console=console,

@@ -95,7 +95,8 @@ async def served(target: str | None) -> AsyncIterator[Served]:
         return
     from llmspell.cli.run import cluster_address
     from llmspell.jobs import JobSpec, JobSpecError
-    from llmspell.jobs.runner import job_runtime, new_job_id, open_job
+    from llmspell.jobs.runner import job_runtime, open_job
+    from llmspell.jobs.spec import new_job_id
 
     try:
         spec = JobSpec.from_file(target)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 
@@ -17,8 +17,11 @@ from llmspell.cli.run import inputs_or_exit
 from llmspell.jobs.result import ExitCode, JobResult
 from llmspell.runtime import process
 from llmspell.runtime.messages import new_id
-from llmspell.runtime.runtime import Runtime
-from llmspell.spells import SpellOptions, SpellSyntaxError, exec_spell, run_spell
+from llmspell.spells.errors import SpellSyntaxError
+
+if TYPE_CHECKING:  # Ray loads when a spell runs, not with the command line
+    from llmspell.runtime.runtime import Runtime
+    from llmspell.spells import SpellOptions
 
 __all__ = ["check_spell", "exec_command", "is_spell", "run_lua", "spell_job_id"]
 
@@ -49,6 +52,8 @@ async def run_lua(path: Path | str, *, inputs: dict[str, Any], runtime: Runtime,
                   options: SpellOptions | None = None) -> JobResult:
     """What `llmspell run spell.lua` awaits (in its progress view and Ctrl-C handling).
     Raises SpellSyntaxError (exit code 2, like a bad job spec) before anything runs."""
+    from llmspell.spells import run_spell
+
     return await run_spell(path, inputs=inputs, runtime=runtime, job_id=job_id,
                            options=options)
 
@@ -63,6 +68,9 @@ def exec_command(
     job_id = f"exec-{new_id()[-12:]}"
 
     async def main() -> JobResult:
+        from llmspell.runtime.runtime import Runtime
+        from llmspell.spells import exec_spell
+
         async with Runtime(job_id=job_id) as runtime:
             return await exec_spell(code, inputs=inputs, runtime=runtime, job_id=job_id)
 

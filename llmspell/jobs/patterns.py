@@ -21,7 +21,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from llmspell.supervisors.delegation import Budget
+from llmspell.agents.delegation import Budget
 
 __all__ = ["PATTERN_KINDS", "SPLITS", "PatternSpec", "StepSpec", "steps_of"]
 

@@ -33,7 +33,6 @@ from llmspell.runtime.cancel import CancelToken
 from llmspell.runtime.errors import ActorError, ActorUnavailable
 from llmspell.runtime.eventlog import EventLog
 from llmspell.runtime.events import Event
-from llmspell.runtime.messages import new_id
 from llmspell.runtime.runtime import Runtime
 from llmspell.runtime.settings import RuntimeSettings
 from llmspell.runtime.state_client import StateClient
@@ -44,7 +43,7 @@ from llmspell.tools.context import ToolContext
 
 from .build import Assembly
 from .result import JobResult, JobStatus, Replay
-from .spec import JobSpec, JobSpecError
+from .spec import JobSpec, JobSpecError, new_job_id
 
 __all__ = ["JOB_KEY", "JobRun", "job_runtime", "load_saved", "open_job", "resume", "run"]
 
@@ -52,10 +51,6 @@ STOP_GRACE_S = 5.0  # how long a cancelled pattern has to return its own result
 JOB_KEY = "job:llmspell.job"  # the spec and inputs of a job, for resume
 _TEMPLATES = jinja2.sandbox.ImmutableSandboxedEnvironment(undefined=jinja2.StrictUndefined)
 log = structlog.get_logger("llmspell.jobs")
-
-
-def new_job_id(spec: JobSpec) -> str:
-    return f"{spec.name}-{new_id()[-10:].lower()}"
 
 
 def job_runtime(spec: JobSpec, *, address: str | None = None, job_id: str,

@@ -23,6 +23,7 @@ from llmspell.llm.registry import ProviderSettings
 from llmspell.protocols.a2a_config import RemoteAgentConfig
 from llmspell.protocols.mcp_config import MCPServerConfig
 from llmspell.runtime.errors import LlmspellError
+from llmspell.runtime.messages import new_id
 from llmspell.runtime.validation import validation_lines
 from llmspell.supervisors.supervisor import Strategy
 from llmspell.tools.sandbox import Sandbox
@@ -30,7 +31,7 @@ from llmspell.tools.sandbox import Sandbox
 from .patterns import NAME, PatternSpec
 
 __all__ = ["BudgetSpec", "HostsSpec", "InputSpec", "JobSpec", "JobSpecError", "ModelsSpec",
-           "OutputSpec", "PoolSpec", "ProviderSpec", "StateSpec", "SupervisionSpec"]
+           "OutputSpec", "PoolSpec", "ProviderSpec", "StateSpec", "SupervisionSpec", "new_job_id"]
 
 
 class JobSpecError(LlmspellError, ValueError):
@@ -335,3 +336,8 @@ class JobSpec(_Strict):
         if errors:
             raise JobSpecError(errors, f"job {self.name!r} inputs")
         return values
+
+
+def new_job_id(spec: JobSpec) -> str:
+    """A fresh id for a run of `spec`: its name and a random suffix."""
+    return f"{spec.name}-{new_id()[-10:].lower()}"

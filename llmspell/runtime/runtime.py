@@ -33,7 +33,7 @@ from llmspell.runtime.hub import EventHub
 from llmspell.runtime.logs import configure_logging, get_logger
 from llmspell.runtime.messages import new_id
 from llmspell.runtime.node import HUB_NAME, STATE_NAME, Node
-from llmspell.runtime.settings import RuntimeSettings
+from llmspell.runtime.settings import RuntimeSettings, cluster_from_env
 from llmspell.runtime.spawning import spawn_actor
 from llmspell.runtime.state_client import StateClient, StateService
 
@@ -150,11 +150,6 @@ class RemoteSubscription:
         if not self._closed:
             self._closed = True
             await self._hub.unsubscribe.remote(self.sub_id)
-
-
-def cluster_from_env() -> str | None:
-    address = os.environ.get("RAY_ADDRESS")
-    return address if address and not address.startswith(("http://", "https://")) else None
 
 
 class Runtime:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Literal
 
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -44,3 +45,10 @@ class RuntimeSettings(BaseSettings):
     event_log_path: str | None = None  # None: an in-memory SQLite log owned by the event hub
     state_path: str | None = None  # None: in-memory state
     log_json: bool | None = None
+
+
+def cluster_from_env() -> str | None:
+    """The Ray cluster RAY_ADDRESS names for joining, if it names one (a dashboard URL is for
+    submitting jobs, not for joining)."""
+    address = os.environ.get("RAY_ADDRESS")
+    return address if address and not address.startswith(("http://", "https://")) else None

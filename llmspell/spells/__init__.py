@@ -21,7 +21,8 @@ hook, which may change or refuse it). Stream deltas reach a Lua hook in batches,
 before the run returns.
 """
 
-from llmspell.spells.context import SpellOptions
+from typing import TYPE_CHECKING
+
 from llmspell.spells.errors import (
     SpellError,
     SpellLimitExceeded,
@@ -29,9 +30,28 @@ from llmspell.spells.errors import (
     SpellRuntimeError,
     SpellSyntaxError,
 )
-from llmspell.spells.runner import exec_spell, run_source, run_spell
 from llmspell.spells.sandbox import SpellLimits
+
+if TYPE_CHECKING:
+    from llmspell.spells.context import SpellOptions
+    from llmspell.spells.runner import exec_spell, run_source, run_spell
 
 __all__ = ["SpellError", "SpellLimitExceeded", "SpellLimits", "SpellOptions",
            "SpellRunFailed", "SpellRuntimeError", "SpellSyntaxError", "exec_spell",
            "run_source", "run_spell"]
+
+# What runs a spell needs Ray: loaded on first use, so that checking a spell's syntax (and the
+# command line's --help) does not start with importing it.
+_LAZY = {"SpellOptions": "llmspell.spells.context", "exec_spell": "llmspell.spells.runner",
+         "run_source": "llmspell.spells.runner", "run_spell": "llmspell.spells.runner"}
+
+
+def __getattr__(name: str) -> object:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'llmspell.spells' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
