@@ -2,6 +2,7 @@
 
 from typing import TYPE_CHECKING
 
+from llmspell._lazy import lazy_names
 from llmspell.runtime.errors import (
     ActorError,
     ActorNotFound,
@@ -69,16 +70,7 @@ _LAZY = {
     "JobSpec": "llmspell.jobs", "JobResult": "llmspell.jobs", "run": "llmspell.jobs",
 }
 
-
-def __getattr__(name: str) -> object:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'llmspell' has no attribute {name!r}")
-    import importlib
-
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_names(__name__, _LAZY)
 
 __all__ = [
     "LLM",

@@ -6,6 +6,7 @@
 
 from typing import TYPE_CHECKING
 
+from llmspell._lazy import lazy_names
 from llmspell.jobs.result import ExitCode, JobResult, JobStatus
 from llmspell.jobs.spec import JobSpec, JobSpecError
 
@@ -15,14 +16,7 @@ if TYPE_CHECKING:
 __all__ = ["ExitCode", "JobResult", "JobRun", "JobSpec", "JobSpecError", "JobStatus", "resume",
            "run"]
 
-
-def __getattr__(name: str) -> object:
-    """The runner's names load with Ray, on first use: reading and checking a spec needs
-    neither (`llmspell validate`)."""
-    if name not in ("JobRun", "resume", "run"):
-        raise AttributeError(f"module 'llmspell.jobs' has no attribute {name!r}")
-    from llmspell.jobs import runner
-
-    value = getattr(runner, name)
-    globals()[name] = value
-    return value
+# The runner's names load with Ray, on first use: reading and checking a spec needs neither
+# (`llmspell validate`).
+__getattr__ = lazy_names(__name__, dict.fromkeys(("JobRun", "resume", "run"),
+                                                 "llmspell.jobs.runner"))

@@ -23,6 +23,7 @@ before the run returns.
 
 from typing import TYPE_CHECKING
 
+from llmspell._lazy import lazy_names
 from llmspell.spells.errors import (
     SpellError,
     SpellLimitExceeded,
@@ -42,16 +43,6 @@ __all__ = ["SpellError", "SpellLimitExceeded", "SpellLimits", "SpellOptions",
 
 # What runs a spell needs Ray: loaded on first use, so that checking a spell's syntax (and the
 # command line's --help) does not start with importing it.
-_LAZY = {"SpellOptions": "llmspell.spells.context", "exec_spell": "llmspell.spells.runner",
-         "run_source": "llmspell.spells.runner", "run_spell": "llmspell.spells.runner"}
-
-
-def __getattr__(name: str) -> object:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'llmspell.spells' has no attribute {name!r}")
-    import importlib
-
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_names(__name__, {
+    "SpellOptions": "llmspell.spells.context", "exec_spell": "llmspell.spells.runner",
+    "run_source": "llmspell.spells.runner", "run_spell": "llmspell.spells.runner"})

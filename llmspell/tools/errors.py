@@ -41,7 +41,8 @@ class ToolNotFound(ToolError):
 
 class ToolTimeout(ToolError):
     def __init__(self, tool: str, timeout: float) -> None:
-        super().__init__(tool, f"no result within {timeout:g}s")
+        # To the millisecond: a call's deadline leaves the tool budgets like 0.979863 s.
+        super().__init__(tool, f"no result within {round(timeout, 3):g}s")
         self.timeout = timeout
 
 
