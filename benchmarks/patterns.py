@@ -338,10 +338,12 @@ def table(r: dict[str, Any]) -> str:
 
     rows = [
         ("mapreduce 200 items / 8 agents, efficiency", get("mapreduce_efficiency"), ">= 0.85"),
+        ("  of the bare SDK's, round by round", get("mapreduce_of_bare_sdk"), ""),
         ("parallel 200 branches / 20, efficiency", get("parallel_efficiency"), ">= 0.85"),
         ("  bare SDK calls from the driver", get("parallel_bare_sdk_efficiency"), ""),
         ("  bare SDK calls from 4 processes (ceiling)",
          get("parallel_bare_sdk_spread_efficiency"), ""),
+        ("  of the ceiling's, round by round", get("parallel_of_ceiling"), ""),
         ("restart: death to first answer, p50 ms", get("restart_p50_ms"), "< 1000"),
         ("  same, no standby (a fresh process), p50 ms", get("restart_fresh_p50_ms"), ""),
         ("  Ray's in-place restart, bare actor, p50 ms",
