@@ -39,6 +39,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from llmspell.llm.pacing import Pacer
 from llmspell.llm.scenario import (
     Api,
     Fault,
@@ -78,8 +79,9 @@ _SSE_MEDIA = "text/event-stream"
 
 @dataclass
 class RecordedRequest:
-    """One request as the server received it; `monotonic` is comparable between requests of one
-    process (the gap between a 429 and its retry), `wall_time` across processes."""
+    """One request as the server received it. `monotonic` is when it arrived (its latency counts
+    from then), comparable between requests of one process (the gap between a 429 and its
+    retry); `wall_time` is the same moment, comparable across processes."""
 
     seq: int
     monotonic: float
@@ -111,7 +113,9 @@ class RequestLog:
         self._seq = itertools.count(1)
 
     def add(self, request: Request, raw: bytes, body: Any, api: Api | None) -> RecordedRequest:
-        mono, wall = time.monotonic(), time.time()
+        now, wall = time.monotonic(), time.time()
+        mono = request.scope.get(_ARRIVED, now)  # when it arrived, as its latency counts
+        wall -= now - mono
         data = body if isinstance(body, dict) else {}
         model = data.get("model")
         item = RecordedRequest(
@@ -948,6 +952,7 @@ class ServerState:
     ids: Ids = field(default_factory=Ids)
     latency_ms: float | None = None  # overrides the scenario's, as the CLI flag does
     recorder: Recorder | None = None
+    pacer: Pacer = field(default_factory=Pacer)  # open while the app runs (its lifespan)
 
     def response_delay(self, hit: Hit | None) -> float:
         if hit is not None and hit.rule.latency_ms is not None:
@@ -988,9 +993,13 @@ def build_app(state: ServerState) -> ASGIApp:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        yield
-        if state.recorder is not None:
-            await state.recorder.aclose()
+        state.pacer.open()
+        try:
+            yield
+        finally:
+            state.pacer.close()
+            if state.recorder is not None:
+                await state.recorder.aclose()
 
     app = Starlette(routes=[
         model_route("/v1/chat/completions", "chat"),
@@ -1033,21 +1042,20 @@ async def handle(state: ServerState, request: Request, api: Api) -> Response:
     hit = state.book.pick(req.prompt)
     record.rule = hit.name if hit else None
     if hit is not None and hit.rule.fault is not None:
-        await _until(request, state.response_delay(hit))
+        await _until(state, request, state.response_delay(hit))
         record.fault = hit.rule.fault.kind
         return await _inject(state, request, req, hit.rule.fault, record, hit)
     record.status = 200
     answer = build_answer(req, hit.rule.reply if hit else None, state.ids)
     response = _answer_response(state, request, req, answer, hit)
-    await _until(request, state.response_delay(hit))
+    await _until(state, request, state.response_delay(hit))
     return response
 
 
-async def _until(request: Request, delay: float) -> None:
+async def _until(state: ServerState, request: Request, delay: float) -> None:
     """Wait until `delay` after the request arrived: a model's latency is counted from the
     request, as a real API's is, so this server's own work is inside it, not added to it."""
-    arrived = request.scope.get(_ARRIVED, time.monotonic())
-    await asyncio.sleep(max(0.0, arrived + delay - time.monotonic()))
+    await state.pacer.until(request.scope.get(_ARRIVED, time.monotonic()) + delay)
 
 
 def _refusal(record: RecordedRequest, body: Any) -> tuple[int, str] | None:
@@ -1069,7 +1077,7 @@ def _answer_response(state: ServerState, request: Request, req: ParsedRequest, a
     frames = _frames(state, req, answer)
     if malformed:
         frames = [*frames[:1], _broken_frame(req.api)]
-    stream = _paced(frames, state.chunk_delay(hit), request.scope, drop_after)
+    stream = _paced(frames, state.chunk_delay(hit), state.pacer, request.scope, drop_after)
     return StreamingResponse(stream, media_type=_SSE_MEDIA, headers=_SSE_HEADERS)
 
 
@@ -1097,7 +1105,7 @@ def _frames(state: ServerState, req: ParsedRequest, answer: Answer) -> list[byte
     return [sse_frame(req.api, e) for e in events]
 
 
-async def _paced(frames: list[bytes], delay: float, scope: Scope,
+async def _paced(frames: list[bytes], delay: float, pacer: Pacer, scope: Scope,
                  drop_after: int | None) -> AsyncIterator[bytes]:
     """Frames one by one with the chunk latency between them; a drop cuts the connection after
     `drop_after` frames, so the client sees a stream end without its final events."""
@@ -1106,7 +1114,7 @@ async def _paced(frames: list[bytes], delay: float, scope: Scope,
             await cut_connection(scope)
             return
         if i and delay:
-            await asyncio.sleep(delay)
+            await pacer.until(time.monotonic() + delay)
         yield frame
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -455,6 +456,24 @@ def test_latency_before_responses_and_between_chunks() -> None:
                                                      stream=True))
         # 5 chunks and [DONE]: the response latency, then 5 gaps between the 6 frames
         assert len(chunks) == 5 and time.monotonic() - start >= 0.15 + 5 * 0.04
+
+
+def test_an_answer_never_comes_before_its_latency_even_under_load() -> None:
+    """The latency counts from each request's arrival (the record's `monotonic`, this process's
+    clock: the server runs in a thread here), for every one of many at once."""
+    with LocalLLMServer({"latency_ms": 30, "rules": [{"reply": "ok"}]}) as server:
+        client = oai(server)
+
+        def one(i: int) -> float:
+            client.chat.completions.create(model="m", messages=user(f"item {i}"))
+            return time.monotonic()
+
+        with ThreadPoolExecutor(8) as pool:
+            answered = list(pool.map(one, range(24)))
+        arrived = {r.body["messages"][0]["content"]: r.monotonic for r in server.requests}
+        assert len(arrived) == 24
+        for i, at in enumerate(answered):
+            assert at >= arrived[f"item {i}"] + 0.03
 
 
 def test_requests_over_http_and_scenario_swaps(llm: LocalLLMServer) -> None:
