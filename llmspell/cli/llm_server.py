@@ -23,6 +23,9 @@ def llm_server(
         None, "--upstream", help="Server to forward to in record mode, e.g. https://api.openai.com."),
     latency_ms: float = typer.Option(
         0, "--latency-ms", min=0, help="Delay before each response (overrides the scenario's)."),
+    keep_requests: int = typer.Option(
+        10_000, "--keep-requests", min=0,
+        help="How many of the latest requests to keep for /_llmspell/requests."),
 ) -> None:
     """Run the local OpenAI- and Anthropic-compatible LLM server until Ctrl-C."""
     from llmspell.llm.server import LocalLLMServer
@@ -33,7 +36,7 @@ def llm_server(
         raise typer.BadParameter("--scenario and --record exclude each other")
     try:
         server = LocalLLMServer(scenario, latency_ms=latency_ms or None, port=port, host=host,
-                                record=record, upstream=upstream)
+                                record=record, upstream=upstream, keep_requests=keep_requests)
     except ScenarioError as exc:
         typer.echo(str(exc), err=True)
         raise typer.Exit(code=2) from None
@@ -42,5 +45,6 @@ def llm_server(
     typer.echo(f"llmspell llm-server on {server.url} ({mode})\n"
                f"  OpenAI base_url:    {server.openai_base_url}\n"
                f"  Anthropic base_url: {server.anthropic_base_url}\n"
-               f"  requests seen:      {server.url}/_llmspell/requests")
+               f"  requests seen:      {server.url}/_llmspell/requests "
+               f"(the last {keep_requests:,})")
     server.serve_forever()

@@ -25,6 +25,7 @@ import re
 import socket
 import threading
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -105,12 +106,20 @@ class RecordedRequest:
 
 
 class RequestLog:
-    """The record of requests. Locked: the server appends in its thread, tests read in theirs."""
+    """The record of requests, the last `keep` of them (None: all; a long-running server serving
+    millions would otherwise hold every conversation it was sent). Locked: the server appends
+    in its thread, tests read in theirs."""
 
-    def __init__(self) -> None:
+    MODEL_NAMES = 1000  # the most model names kept for /v1/models
+
+    def __init__(self, keep: int | None = None) -> None:
+        if keep is not None and keep < 0:
+            raise ValueError(f"keep must be 0 or more, or None for all; got {keep}")
         self._lock = threading.Lock()
-        self._items: list[RecordedRequest] = []
+        self._items: deque[RecordedRequest] = deque(maxlen=keep)
         self._seq = itertools.count(1)
+        self._added = 0
+        self._models: dict[str, None] = {}
 
     def add(self, request: Request, raw: bytes, body: Any, api: Api | None) -> RecordedRequest:
         now, wall = time.monotonic(), time.time()
@@ -126,11 +135,25 @@ class RequestLog:
             key_sha256=_key_hash(request))
         with self._lock:
             self._items.append(item)
+            self._added += 1
+            if item.model is not None and len(self._models) < self.MODEL_NAMES:
+                self._models[item.model] = None
         return item
 
     def all(self) -> list[RecordedRequest]:
         with self._lock:
             return list(self._items)
+
+    @property
+    def dropped(self) -> int:
+        """How many requests the record no longer holds (past `keep`, or cleared)."""
+        with self._lock:
+            return self._added - len(self._items)
+
+    def models(self) -> list[str]:
+        """The model names requests asked for, first seen first."""
+        with self._lock:
+            return list(self._models)
 
     def clear(self) -> None:
         with self._lock:
@@ -978,7 +1001,8 @@ def build_app(state: ServerState) -> ASGIApp:
         if request.method == "DELETE":
             state.log.clear()
             return JSONResponse({"cleared": True})
-        return JSONResponse([r.to_dict() for r in state.log.all()])
+        return JSONResponse([r.to_dict() for r in state.log.all()],
+                            headers={"x-llmspell-requests-dropped": str(state.log.dropped)})
 
     async def scenario(request: Request) -> Response:
         if request.method == "PUT":
@@ -1013,7 +1037,7 @@ def build_app(state: ServerState) -> ASGIApp:
 
 
 def _models_body(state: ServerState, anthropic: bool) -> dict[str, Any]:
-    names = dict.fromkeys(["local", *(r.model for r in state.log.all() if r.model)])
+    names = dict.fromkeys(["local", *state.log.models()])
     if anthropic:
         data = [{"type": "model", "id": n, "display_name": n, "created_at": "2025-01-01T00:00:00Z"}
                 for n in names]
@@ -1150,19 +1174,20 @@ class LocalLLMServer:
 
     Port 0 (the default) takes a free port. The context manager (also `async with`) returns once
     the server accepts connections and joins its thread on exit. `serve_forever` runs it in the
-    calling thread instead, as the `llmspell llm-server` command does.
+    calling thread instead, as the `llmspell llm-server` command does. `keep_requests` bounds
+    the record of requests to the last that many (None: all, as a test wants).
     """
 
     def __init__(self, scenario: ScenarioSource = None, *, latency_ms: float | None = None,
                  port: int = 0, host: str = "127.0.0.1", record: str | Path | None = None,
-                 upstream: str | None = None) -> None:
+                 upstream: str | None = None, keep_requests: int | None = None) -> None:
         if (record is None) != (upstream is None):
             raise ValueError("record mode needs both record (a file) and upstream (a URL)")
         self.host = host
         self.port = port
         recorder = Recorder(record, upstream) if record is not None and upstream else None
         self.state = ServerState(book=RuleBook(load_scenario(scenario)), latency_ms=latency_ms,
-                                 recorder=recorder)
+                                 recorder=recorder, log=RequestLog(keep_requests))
         self.app = build_app(self.state)
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
@@ -1184,6 +1209,11 @@ class LocalLLMServer:
     @property
     def requests(self) -> list[RecordedRequest]:
         return self.state.log.all()
+
+    @property
+    def requests_dropped(self) -> int:
+        """How many requests the record no longer holds (past `keep_requests`, or cleared)."""
+        return self.state.log.dropped
 
     def clear_requests(self) -> None:
         self.state.log.clear()

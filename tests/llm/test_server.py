@@ -476,6 +476,24 @@ def test_an_answer_never_comes_before_its_latency_even_under_load() -> None:
             assert at >= arrived[f"item {i}"] + 0.03
 
 
+def test_the_record_keeps_the_latest_requests_and_says_how_many_it_let_go() -> None:
+    with LocalLLMServer({"rules": [{"reply": "ok"}]}, keep_requests=3) as server:
+        client = oai(server)
+        for i in range(5):
+            client.chat.completions.create(model=f"model-{i}", messages=user(f"item {i}"))
+        assert [r.seq for r in server.requests] == [3, 4, 5]
+        assert server.requests_dropped == 2
+        seen = httpx2.get(f"{server.url}/_llmspell/requests")
+        assert [r["seq"] for r in seen.json()] == [3, 4, 5]
+        assert seen.headers["x-llmspell-requests-dropped"] == "2"
+        # /v1/models still names every model asked for, not only the kept requests'
+        assert {f"model-{i}" for i in range(5)} <= {m.id for m in client.models.list().data}
+        server.clear_requests()
+        assert server.requests == [] and server.requests_dropped == 5
+    with pytest.raises(ValueError, match="keep must be 0 or more"):
+        LocalLLMServer(keep_requests=-1)
+
+
 def test_requests_over_http_and_scenario_swaps(llm: LocalLLMServer) -> None:
     oai(llm).chat.completions.create(model="m", messages=user("one"))
     seen = httpx2.get(f"{llm.url}/_llmspell/requests").json()
@@ -596,3 +614,5 @@ def test_cli_refuses_half_a_record_mode_and_bad_scenarios(tmp_path: Path) -> Non
     bad.write_text("rules: [{reply: {}}]\n")
     result = runner.invoke(app, ["--scenario", str(bad)])
     assert result.exit_code == 2 and "rules[0].reply" in result.output
+    result = runner.invoke(app, ["--keep-requests", "-1"])
+    assert result.exit_code == 2 and "--keep-requests" in result.output
